@@ -1,0 +1,103 @@
+//! The environment contract shared by every rowpipe program.
+//!
+//! Each program's own `Config` flattens these groups, so a variable means the
+//! same thing everywhere and `--help` lists it with its default.
+
+use clap::Args;
+
+/// Default stream key, shared by upload, consumer, CLI and the Helm chart.
+pub const DEFAULT_STREAM: &str = "rowpipe:rows";
+/// Default consumer group.
+pub const DEFAULT_GROUP: &str = "rowpipe-consumers";
+/// Default database: an embedded SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://rowpipe.db";
+
+/// Where the Redis Stream lives and who reads it.
+#[derive(Args, Clone, Debug)]
+pub struct StreamConfig {
+    /// Redis connection URL (`redis://` or `rediss://` for TLS; credentials go in the URL).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Key of the Redis Stream rows travel through.
+    #[arg(long, env = "ROWPIPE_STREAM", default_value = DEFAULT_STREAM)]
+    pub stream: String,
+
+    /// Consumer group that consumers join (created with MKSTREAM if missing).
+    #[arg(long, env = "ROWPIPE_GROUP", default_value = DEFAULT_GROUP)]
+    pub group: String,
+}
+
+impl StreamConfig {
+    /// Checks that fail fast at start rather than at the first row.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("redis+unix://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            anyhow::bail!(
+                "REDIS_URL must start with redis://, rediss:// or unix:// (got {:?})",
+                redact(&self.redis_url)
+            );
+        }
+        if self.stream.trim().is_empty() {
+            anyhow::bail!("ROWPIPE_STREAM must not be empty");
+        }
+        if self.group.trim().is_empty() {
+            anyhow::bail!("ROWPIPE_GROUP must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The dead-letter stream for entries that failed too often.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}:dead", self.stream)
+    }
+}
+
+/// Where rows end up.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseConfig {
+    /// Database URL: `postgres://…`, `mysql://…` (MySQL or MariaDB) or `sqlite://path.db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Maximum connections in this process's database pool.
+    #[arg(long, env = "ROWPIPE_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+}
+
+/// Logging and tracing switches. The standard `OTEL_*` variables are read too
+/// (see [`crate::telemetry`]).
+#[derive(Args, Clone, Debug)]
+pub struct TelemetryConfig {
+    /// Log format: `pretty` for terminals, `json` for log collectors.
+    #[arg(long, env = "ROWPIPE_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub log_format: String,
+}
+
+/// Hide the password part of a URL before it reaches a log line or error.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.rsplit_once('@')
+    {
+        let user = creds.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_but_keeps_host() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

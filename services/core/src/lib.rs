@@ -1,0 +1,40 @@
+//! rowpipe-core: everything the two rowpipe programs share.
+//!
+//! rowpipe moves rows of third-party CSV files into a relational table with one
+//! record per email address:
+//!
+//! ```text
+//!  upload (HTTP) ──XADD──▶ Redis Stream ──XREADGROUP──▶ consumer ×N ──▶ store (SQL)
+//! ```
+//!
+//! # Layout
+//!
+//! * [`config`]: the environment contract shared by every program (`REDIS_URL`,
+//!   `DATABASE_URL`, stream and group names, telemetry switches).
+//! * [`row`]: what a row is once it left the CSV file: [`row::RowFields`], and
+//!   how header names map to the email and name columns ([`row::ColumnMap`]).
+//! * [`validate`]: the one place a row is judged: the email policy,
+//!   normalization of the uniqueness key and [`validate::RejectReason`].
+//! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format
+//!   and the consumer-group operations both programs need.
+//! * [`store`]: the database side: migrations, upload records, the batch
+//!   insert with each dialect's conflict rule.
+//! * [`telemetry`]: logs, OpenTelemetry traces and Prometheus metrics set-up.
+//! * [`shutdown`]: the SIGTERM/SIGINT future threaded through every task.
+
+pub mod config;
+pub mod row;
+pub mod shutdown;
+pub mod store;
+pub mod stream;
+pub mod telemetry;
+pub mod validate;
+
+/// Milliseconds since the Unix epoch; the portable timestamp every table uses.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,418 @@
+//! Upload records: what was received, and what became of its rows.
+//!
+//! Life cycle: `receiving` (the body is being read) → `queued` (every row is
+//! in the stream) → `processing` (consumers are on it) → `completed`; or
+//! `failed` if the body could not be read to the end. The counts obey
+//! `rows_read = rows_inserted + rows_duplicate + rows_rejected` once an upload
+//! is completed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+use crate::now_ms;
+
+/// Where an upload is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadStatus {
+    Receiving,
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+}
+
+impl UploadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "receiving" => Self::Receiving,
+            "queued" => Self::Queued,
+            "processing" => Self::Processing,
+            "completed" => Self::Completed,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Nothing more will happen to this upload.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
+/// What the upload service knows when a request starts.
+#[derive(Clone, Debug, Default)]
+pub struct NewUpload {
+    pub id: String,
+    pub file_name: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The counts reported to the uploader.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadCounts {
+    pub read: i64,
+    pub enqueued: i64,
+    pub processed: i64,
+    pub inserted: i64,
+    pub duplicates: i64,
+    pub rejected: i64,
+    /// Rejected rows by reason code.
+    pub rejected_by_reason: BTreeMap<String, i64>,
+}
+
+/// One row of `uploads`, with its counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub upload_id: String,
+    pub seq: i64,
+    pub status: UploadStatus,
+    pub file_name: Option<String>,
+    pub size_bytes: i64,
+    pub sha256: Option<String>,
+    pub encoding: Option<String>,
+    pub delimiter: Option<String>,
+    pub error: Option<String>,
+    pub counts: UploadCounts,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+const UPLOAD_COLUMNS: &str = "seq, id, status, file_name, size_bytes, sha256, encoding, delimiter, error, \
+     rows_read, rows_enqueued, rows_processed, rows_inserted, rows_duplicate, rows_rejected, \
+     created_at_ms, updated_at_ms, completed_at_ms";
+
+fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
+    Ok(UploadRecord {
+        seq: row.try_get("seq")?,
+        upload_id: row.try_get("id")?,
+        status: UploadStatus::parse(&row.try_get::<String, _>("status")?),
+        file_name: row.try_get("file_name")?,
+        size_bytes: row.try_get("size_bytes")?,
+        sha256: row.try_get("sha256")?,
+        encoding: row.try_get("encoding")?,
+        delimiter: row.try_get("delimiter")?,
+        error: row.try_get("error")?,
+        counts: UploadCounts {
+            read: row.try_get("rows_read")?,
+            enqueued: row.try_get("rows_enqueued")?,
+            processed: row.try_get("rows_processed")?,
+            inserted: row.try_get("rows_inserted")?,
+            duplicates: row.try_get("rows_duplicate")?,
+            rejected: row.try_get("rows_rejected")?,
+            rejected_by_reason: BTreeMap::new(),
+        },
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        completed_at_ms: row.try_get("completed_at_ms")?,
+    })
+}
+
+/// What the upload service reports when the body has been read.
+#[derive(Clone, Debug, Default)]
+pub struct FinishedBody {
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub encoding: String,
+    pub delimiter: String,
+    pub rows_read: i64,
+    pub rows_enqueued: i64,
+}
+
+/// One line of the reject ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedRow {
+    pub row_number: i64,
+    pub reason: String,
+    pub message: String,
+    /// The fields as written, JSON (an object by column, or an array).
+    pub fields: String,
+}
+
+impl Store {
+    /// Record a new upload in `receiving` state; returns its sequence number.
+    pub async fn create_upload(&self, new: &NewUpload) -> Result<i64, StoreError> {
+        let now = now_ms();
+        sqlx::query(self.q(
+            "INSERT INTO uploads (id, file_name, idempotency_key, status, created_at_ms, updated_at_ms) \
+             VALUES (?, ?, ?, 'receiving', ?, ?)",
+        ))
+        .bind(&new.id)
+        .bind(&new.file_name)
+        .bind(&new.idempotency_key)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let seq: i64 = sqlx::query_scalar(self.q("SELECT seq FROM uploads WHERE id = ?"))
+            .bind(&new.id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq)
+    }
+
+    /// An upload by idempotency key, if one exists.
+    pub async fn upload_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let id: Option<String> =
+            sqlx::query_scalar(self.q("SELECT id FROM uploads WHERE idempotency_key = ?"))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        match id {
+            Some(id) => self.get_upload(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The newest non-failed upload with this content hash since `since_ms`.
+    pub async fn upload_by_sha256(
+        &self,
+        sha256: &str,
+        since_ms: i64,
+        except_id: &str,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(self.q(
+            "SELECT id FROM uploads WHERE sha256 = ? AND created_at_ms >= ? AND id <> ? \
+             AND status <> 'failed' ORDER BY seq ASC LIMIT 1",
+        ))
+        .bind(sha256)
+        .bind(since_ms)
+        .bind(except_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.get_upload(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every row is in the stream: record the body's facts, move to `queued`
+    /// (or `processing` if consumers already started), and complete at once
+    /// if consumers already finished.
+    pub async fn finish_receiving(&self, id: &str, body: &FinishedBody) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "UPDATE uploads SET size_bytes = ?, sha256 = ?, encoding = ?, delimiter = ?, \
+             rows_read = ?, rows_enqueued = ?, updated_at_ms = ?, \
+             status = CASE WHEN rows_processed > 0 THEN 'processing' ELSE 'queued' END \
+             WHERE id = ? AND status = 'receiving'",
+        ))
+        .bind(body.size_bytes)
+        .bind(&body.sha256)
+        .bind(&body.encoding)
+        .bind(&body.delimiter)
+        .bind(body.rows_read)
+        .bind(body.rows_enqueued)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.try_complete(id).await?;
+        Ok(())
+    }
+
+    /// Drop an upload record that never enqueued anything (e.g. a replay of
+    /// an earlier upload detected once its hash was known).
+    pub async fn delete_empty_upload(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            self.q("DELETE FROM uploads WHERE id = ? AND rows_enqueued = 0 AND rows_processed = 0"),
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The body could not be read to the end. Rows already in the stream are
+    /// still processed and counted; the upload stays `failed`.
+    pub async fn fail_upload(
+        &self,
+        id: &str,
+        error: &str,
+        rows_read: i64,
+        rows_enqueued: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.q(
+            "UPDATE uploads SET status = 'failed', error = ?, rows_read = ?, rows_enqueued = ?, \
+             updated_at_ms = ? WHERE id = ?",
+        ))
+        .bind(error)
+        .bind(rows_read)
+        .bind(rows_enqueued)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mark the upload `completed` if every enqueued row has been processed.
+    /// Called by the upload service and by every consumer after a commit;
+    /// the conditional update makes exactly one caller win. Returns true for
+    /// that caller.
+    pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let claimed = sqlx::query(self.q(
+            "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ? \
+             WHERE id = ? AND status IN ('queued', 'processing') AND rows_processed >= rows_enqueued",
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let inserted: i64 =
+            sqlx::query_scalar(self.q("SELECT COUNT(*) FROM contacts WHERE upload_id = ?"))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(self.q(
+            "UPDATE uploads SET rows_inserted = ?, rows_duplicate = rows_processed - rows_rejected - ? \
+             WHERE id = ?",
+        ))
+        .bind(inserted)
+        .bind(inserted)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One upload with live counts (inserted/duplicates are computed while
+    /// the upload is still in progress, stored once it completed).
+    pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        let row = sqlx::query(self.q(&format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut record = record_from_row(&row)?;
+        if record.status != UploadStatus::Completed {
+            let inserted: i64 =
+                sqlx::query_scalar(self.q("SELECT COUNT(*) FROM contacts WHERE upload_id = ?"))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            record.counts.inserted = inserted;
+            record.counts.duplicates =
+                (record.counts.processed - record.counts.rejected - inserted).max(0);
+        }
+        let reasons = sqlx::query(self.q(
+            "SELECT reason, COUNT(*) AS n FROM rejected_rows WHERE upload_id = ? GROUP BY reason",
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in reasons {
+            record
+                .counts
+                .rejected_by_reason
+                .insert(r.try_get("reason")?, r.try_get("n")?);
+        }
+        Ok(Some(record))
+    }
+
+    /// The most recent uploads, newest first.
+    pub async fn list_uploads(&self, limit: i64) -> Result<Vec<UploadRecord>, StoreError> {
+        let rows = sqlx::query(self.q(&format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY seq DESC LIMIT ?"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| record_from_row(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The sequence number of an upload, for entries written by other producers.
+    pub async fn upload_seq(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar(self.q("SELECT seq FROM uploads WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The reject ledger of an upload, in row order, one page at a time
+    /// (rows with `row_number > after`), so huge ledgers stream in bounded memory.
+    pub async fn rejected_rows_page(
+        &self,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RejectedRow>, StoreError> {
+        let rows = sqlx::query(self.q(
+            "SELECT \"row_number\", reason, message, fields FROM rejected_rows \
+             WHERE upload_id = ? AND \"row_number\" > ? ORDER BY \"row_number\" LIMIT ?",
+        ))
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RejectedRow {
+                    row_number: r.try_get("row_number")?,
+                    reason: r.try_get("reason")?,
+                    message: r.try_get("message")?,
+                    fields: r.try_get("fields")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Row numbers of an upload's duplicates (valid rows that lost to an
+    /// earlier row with the same email), with that email, one page at a time.
+    pub async fn duplicate_rows_page(
+        &self,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(self.q(
+            "SELECT a.\"row_number\" AS rn, a.email AS email FROM accepted_rows a \
+             LEFT JOIN contacts c ON c.email = a.email AND c.upload_id = a.upload_id \
+             AND c.\"row_number\" = a.\"row_number\" \
+             WHERE a.upload_id = ? AND a.\"row_number\" > ? AND c.email IS NULL \
+             ORDER BY a.\"row_number\" LIMIT ?",
+        ))
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("rn")?, r.try_get("email")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}

@@ -1,0 +1,307 @@
+//! The stream entry: one CSV data row on the wire.
+//!
+//! An entry is a flat list of field/value pairs so that `XRANGE` in
+//! `redis-cli` shows a row the way a person would read it:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `upload_id` | the upload the row belongs to |
+//! | `upload_seq` | the upload's acceptance order (decides which duplicate wins) |
+//! | `row_number` | 1-based data-row number in the file, header excluded |
+//! | `traceparent`, `tracestate` | W3C trace context of the producer span |
+//! | `email`, `name` | the detected email and name columns, as written |
+//! | any other header | the row's other columns, by header name |
+//! | `reject`, `reject_detail`, `raw` | set instead of columns when the CSV layer already rejected the row (`raw` is a JSON array of the fields as written) |
+//!
+//! A column whose header collides with one of these names travels as
+//! `csv:<header>`.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::row::{ColumnMap, RowFields};
+use crate::validate::{RejectReason, Rejection};
+
+pub const F_UPLOAD_ID: &str = "upload_id";
+pub const F_UPLOAD_SEQ: &str = "upload_seq";
+pub const F_ROW_NUMBER: &str = "row_number";
+pub const F_TRACEPARENT: &str = "traceparent";
+pub const F_TRACESTATE: &str = "tracestate";
+pub const F_EMAIL: &str = "email";
+pub const F_NAME: &str = "name";
+pub const F_REJECT: &str = "reject";
+pub const F_REJECT_DETAIL: &str = "reject_detail";
+pub const F_RAW: &str = "raw";
+const RESERVED: [&str; 10] = [
+    F_UPLOAD_ID,
+    F_UPLOAD_SEQ,
+    F_ROW_NUMBER,
+    F_TRACEPARENT,
+    F_TRACESTATE,
+    F_EMAIL,
+    F_NAME,
+    F_REJECT,
+    F_REJECT_DETAIL,
+    F_RAW,
+];
+const COLLISION_PREFIX: &str = "csv:";
+
+/// What the row carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryBody {
+    /// A row the CSV layer could split into columns.
+    Row(RowFields),
+    /// A row the CSV layer rejected; kept so the ledger can show it.
+    Rejected {
+        rejection: Rejection,
+        raw: Vec<String>,
+    },
+}
+
+/// One data row in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub upload_id: String,
+    /// `None` when a producer other than rowpipe-upload wrote the entry.
+    pub upload_seq: Option<i64>,
+    pub row_number: i64,
+    pub body: EntryBody,
+    /// W3C trace-context fields (`traceparent`, `tracestate`).
+    pub trace: Vec<(String, String)>,
+}
+
+/// Why an entry could not be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("entry has no {0} field")]
+    Missing(&'static str),
+    #[error("entry field {0} is not a valid number: {1:?}")]
+    BadNumber(&'static str, String),
+}
+
+impl StreamEntry {
+    /// Field/value pairs for `XADD`, in a stable order.
+    pub fn to_fields(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(8);
+        out.push((F_UPLOAD_ID.to_string(), self.upload_id.clone()));
+        if let Some(seq) = self.upload_seq {
+            out.push((F_UPLOAD_SEQ.to_string(), seq.to_string()));
+        }
+        out.push((F_ROW_NUMBER.to_string(), self.row_number.to_string()));
+        for (k, v) in &self.trace {
+            if !v.is_empty() {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        match &self.body {
+            EntryBody::Row(row) => {
+                if let Some(email) = &row.email {
+                    out.push((F_EMAIL.to_string(), email.clone()));
+                }
+                if let Some(name) = &row.name {
+                    out.push((F_NAME.to_string(), name.clone()));
+                }
+                for (k, v) in &row.attributes {
+                    let key = if RESERVED.contains(&k.as_str()) || k.starts_with(COLLISION_PREFIX) {
+                        format!("{COLLISION_PREFIX}{k}")
+                    } else {
+                        k.clone()
+                    };
+                    out.push((key, v.clone()));
+                }
+            }
+            EntryBody::Rejected { rejection, raw } => {
+                out.push((F_REJECT.to_string(), rejection.reason.code().to_string()));
+                out.push((F_REJECT_DETAIL.to_string(), rejection.message.clone()));
+                out.push((
+                    F_RAW.to_string(),
+                    serde_json::to_string(raw).unwrap_or_else(|_| "[]".into()),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Read an entry back from `XREADGROUP`/`XAUTOCLAIM` output.
+    ///
+    /// Entries written by other producers are accepted as long as they carry
+    /// `upload_id` and `row_number`; their email column is then found by
+    /// header name like a CSV header would be.
+    pub fn from_map(map: &HashMap<String, Value>) -> Result<Self, EntryError> {
+        let mut fields: Vec<(String, String)> = map
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_string(v)))
+            .collect();
+        // HashMap order is arbitrary; sort for a deterministic attribute order.
+        fields.sort();
+        let take = |fields: &mut Vec<(String, String)>, key: &str| -> Option<String> {
+            let i = fields.iter().position(|(k, _)| k == key)?;
+            Some(fields.remove(i).1)
+        };
+        let upload_id = take(&mut fields, F_UPLOAD_ID).ok_or(EntryError::Missing(F_UPLOAD_ID))?;
+        let row_text = take(&mut fields, F_ROW_NUMBER).ok_or(EntryError::Missing(F_ROW_NUMBER))?;
+        let row_number = row_text
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| EntryError::BadNumber(F_ROW_NUMBER, row_text.clone()))?;
+        let upload_seq = match take(&mut fields, F_UPLOAD_SEQ) {
+            Some(s) => Some(
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| EntryError::BadNumber(F_UPLOAD_SEQ, s.clone()))?,
+            ),
+            None => None,
+        };
+        let mut trace = Vec::new();
+        for key in [F_TRACEPARENT, F_TRACESTATE] {
+            if let Some(v) = take(&mut fields, key) {
+                trace.push((key.to_string(), v));
+            }
+        }
+        let body = if let Some(code) = take(&mut fields, F_REJECT) {
+            let detail = take(&mut fields, F_REJECT_DETAIL).unwrap_or_default();
+            let raw = take(&mut fields, F_RAW)
+                .and_then(|r| serde_json::from_str::<Vec<String>>(&r).ok())
+                .unwrap_or_default();
+            let reason = RejectReason::from_code(&code).unwrap_or(RejectReason::InvalidSyntax);
+            EntryBody::Rejected {
+                rejection: Rejection::new(reason, detail),
+                raw,
+            }
+        } else {
+            let email = take(&mut fields, F_EMAIL);
+            let name = take(&mut fields, F_NAME);
+            let attributes: Vec<(String, String)> = fields
+                .into_iter()
+                .map(|(k, v)| match k.strip_prefix(COLLISION_PREFIX) {
+                    Some(orig) => (orig.to_string(), v),
+                    None => (k, v),
+                })
+                .collect();
+            if email.is_none() {
+                // A foreign producer: find the email column by header name.
+                let headers: Vec<String> = attributes.iter().map(|(k, _)| k.clone()).collect();
+                let values: Vec<String> = attributes.iter().map(|(_, v)| v.clone()).collect();
+                match ColumnMap::detect(&headers, None, None) {
+                    Ok(map) => {
+                        let mut row = map.split(&values);
+                        if name.is_some() {
+                            row.name = name;
+                        }
+                        EntryBody::Row(row)
+                    }
+                    Err(_) => EntryBody::Row(RowFields {
+                        email: None,
+                        name,
+                        attributes,
+                    }),
+                }
+            } else {
+                EntryBody::Row(RowFields {
+                    email,
+                    name,
+                    attributes,
+                })
+            }
+        };
+        Ok(Self {
+            upload_id,
+            upload_seq,
+            row_number,
+            body,
+            trace,
+        })
+    }
+
+    /// The fields as the third party wrote them, for the reject ledger.
+    pub fn original_fields_json(&self) -> String {
+        match &self.body {
+            EntryBody::Rejected { raw, .. } => {
+                serde_json::to_string(raw).unwrap_or_else(|_| "[]".into())
+            }
+            EntryBody::Row(row) => {
+                let mut obj = serde_json::Map::new();
+                if let Some(e) = &row.email {
+                    obj.insert(F_EMAIL.into(), e.clone().into());
+                }
+                if let Some(n) = &row.name {
+                    obj.insert(F_NAME.into(), n.clone().into());
+                }
+                for (k, v) in &row.attributes {
+                    obj.insert(k.clone(), v.clone().into());
+                }
+                serde_json::Value::Object(obj).to_string()
+            }
+        }
+    }
+}
+
+/// Any Redis value as text (bulk strings are the norm; others are rare).
+pub fn value_to_string(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Nil => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_map(fields: Vec<(String, String)>) -> HashMap<String, Value> {
+        fields
+            .into_iter()
+            .map(|(k, v)| (k, Value::BulkString(v.into_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_survives_the_round_trip_even_with_colliding_headers() {
+        let entry = StreamEntry {
+            upload_id: "u1".into(),
+            upload_seq: Some(7),
+            row_number: 42,
+            body: EntryBody::Row(RowFields {
+                email: Some(" A@Example.com".into()),
+                name: Some("Zoë".into()),
+                attributes: vec![
+                    ("company".into(), "ACME, Inc".into()),
+                    ("row_number".into(), "x".into()),
+                ],
+            }),
+            trace: vec![("traceparent".into(), "00-abc-def-01".into())],
+        };
+        let back = StreamEntry::from_map(&to_map(entry.to_fields())).expect("decode");
+        assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn foreign_entries_find_their_email_by_header_name() {
+        let map = to_map(vec![
+            ("upload_id".into(), "ext".into()),
+            ("row_number".into(), "3".into()),
+            ("E-Mail".into(), "x@example.com".into()),
+        ]);
+        let entry = StreamEntry::from_map(&map).expect("decode");
+        match entry.body {
+            EntryBody::Row(row) => assert_eq!(row.email.as_deref(), Some("x@example.com")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(entry.upload_seq, None);
+    }
+
+    #[test]
+    fn entries_without_keys_are_refused() {
+        let map = to_map(vec![("email".into(), "x@example.com".into())]);
+        assert_eq!(
+            StreamEntry::from_map(&map),
+            Err(EntryError::Missing("upload_id"))
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The Redis side of the pipeline: the entry format and the consumer-group
+//! operations both programs need.
+//!
+//! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
+//! hold a connection for the whole block, so they get a dedicated one with no
+//! response timeout; everything else shares an auto-reconnecting
+//! [`ConnectionManager`] with a short timeout.
+
+pub mod entry;
+
+use std::time::Duration;
+
+use redis::AsyncTypedCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use entry::{EntryBody, EntryError, StreamEntry};
+
+/// Shared connection for non-blocking commands (XADD, XACK, XINFO…).
+pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// A dedicated connection for `XREADGROUP BLOCK block`: its response timeout
+/// is longer than the block, so a quiet stream is not mistaken for an outage.
+pub async fn connect_blocking(url: &str, block: Duration) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(block + Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// Create the consumer group (and the stream) if missing. Idempotent.
+///
+/// The group starts at `0` so entries written before the first consumer
+/// existed are still delivered.
+pub async fn ensure_group(
+    con: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    match con.xgroup_create_mkstream(stream, group, "0").await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The group's view of the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupBacklog {
+    /// Entries not yet delivered to any consumer of the group.
+    pub lag: u64,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Entries in the stream (acknowledged ones not yet trimmed included).
+    pub length: u64,
+}
+
+impl GroupBacklog {
+    /// Everything not yet acknowledged.
+    pub fn unacknowledged(&self) -> u64 {
+        self.lag + self.pending
+    }
+}
+
+/// Lag and pending count of `group` (lag needs Redis ≥ 7; older servers fall
+/// back to the stream length, which over-estimates and so stays safe).
+pub async fn backlog(
+    con: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<GroupBacklog> {
+    let length = con.xlen(stream).await? as u64;
+    let groups = match con.xinfo_groups(stream).await {
+        Ok(g) => g.groups,
+        Err(e) if e.to_string().contains("no such key") => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let Some(info) = groups.into_iter().find(|g| g.name == group) else {
+        return Ok(GroupBacklog {
+            lag: length,
+            pending: 0,
+            length,
+        });
+    };
+    Ok(GroupBacklog {
+        lag: info.lag.map(|l| l as u64).unwrap_or(length),
+        pending: info.pending as u64,
+        length,
+    })
+}
+
+/// Parse `"<ms>-<seq>"`.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Remove entries every group has acknowledged, and nothing else.
+///
+/// The safe point is the smallest of, over all groups: the oldest pending
+/// entry, and the entry right after the last one delivered. Everything below
+/// it has been delivered and acknowledged by every group. Returns the number
+/// of entries removed.
+pub async fn trim_acknowledged(
+    con: &mut ConnectionManager,
+    stream: &str,
+) -> redis::RedisResult<u64> {
+    let groups = match con.xinfo_groups(stream).await {
+        Ok(g) => g.groups,
+        Err(_) => return Ok(0),
+    };
+    if groups.is_empty() {
+        return Ok(0);
+    }
+    let mut safe: Option<(u64, u64)> = None;
+    let mut lower = |candidate: (u64, u64)| {
+        safe = Some(match safe {
+            Some(s) if s <= candidate => s,
+            _ => candidate,
+        });
+    };
+    for g in &groups {
+        let Some((ms, seq)) = parse_id(&g.last_delivered_id) else {
+            return Ok(0);
+        };
+        lower((ms, seq.saturating_add(1)));
+        if g.pending > 0 {
+            let reply: redis::Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&g.name)
+                .query_async(con)
+                .await?;
+            // [count, smallest id, greatest id, consumers]
+            if let redis::Value::Array(items) = reply
+                && let Some(first) = items.get(1)
+            {
+                match parse_id(&entry::value_to_string(first)) {
+                    Some(id) => lower(id),
+                    None => return Ok(0),
+                }
+            } else {
+                return Ok(0);
+            }
+        }
+    }
+    let Some((ms, seq)) = safe else { return Ok(0) };
+    if ms == 0 && seq == 0 {
+        return Ok(0);
+    }
+    let removed: u64 = redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(format!("{ms}-{seq}"))
+        .query_async(con)
+        .await?;
+    Ok(removed)
+}

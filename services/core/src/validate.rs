@@ -1,0 +1,498 @@
+//! The one place a row is judged.
+//!
+//! Both programs call into this module: the upload service for what only the
+//! CSV parser can see (ragged rows, over-long fields, undecodable bytes), the
+//! consumer for the email policy. A row is therefore judged once, by the same
+//! code, wherever that happens.
+//!
+//! # Email policy
+//!
+//! RFC 5321/5322/6531 syntax is checked by the `email_address` crate; on top of
+//! it rowpipe applies a practical policy for mail that real people receive:
+//! the domain must have at least two labels, a TLD that is not numeric, no
+//! IP literals and no quoted local parts (both configurable). Checks run in a
+//! fixed order so every rejected address gets exactly one reason.
+//!
+//! # Normalization (the uniqueness key)
+//!
+//! Trimmed, Unicode NFC, lower-cased as a whole, and the domain in its ASCII
+//! (punycode) form, so `User@Bücher.de` and `user@xn--bcher-kva.de` collide.
+//! Plus-tags and dots are *not* folded: `a.b+x@example.com` and
+//! `ab@example.com` are different mailboxes under the RFC.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+/// Why a row was not inserted. The string form is the machine-readable code
+/// stored in `rejected_rows.reason` and shown to the third party.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    MissingEmail,
+    InvalidSyntax,
+    MultipleAt,
+    WhitespaceInside,
+    InvalidDomain,
+    IpLiteralDomain,
+    QuotedLocalPart,
+    TooLong,
+    RaggedRow,
+    FieldTooLong,
+    TooManyColumns,
+    RowTooLong,
+    BadEncoding,
+    ProcessingFailed,
+}
+
+impl RejectReason {
+    /// Every reason, for metrics and documentation.
+    pub const ALL: [RejectReason; 14] = [
+        Self::MissingEmail,
+        Self::InvalidSyntax,
+        Self::MultipleAt,
+        Self::WhitespaceInside,
+        Self::InvalidDomain,
+        Self::IpLiteralDomain,
+        Self::QuotedLocalPart,
+        Self::TooLong,
+        Self::RaggedRow,
+        Self::FieldTooLong,
+        Self::TooManyColumns,
+        Self::RowTooLong,
+        Self::BadEncoding,
+        Self::ProcessingFailed,
+    ];
+
+    /// The stable code, e.g. `invalid_domain`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingEmail => "missing_email",
+            Self::InvalidSyntax => "invalid_syntax",
+            Self::MultipleAt => "multiple_at",
+            Self::WhitespaceInside => "whitespace_inside",
+            Self::InvalidDomain => "invalid_domain",
+            Self::IpLiteralDomain => "ip_literal_domain",
+            Self::QuotedLocalPart => "quoted_local_part",
+            Self::TooLong => "too_long",
+            Self::RaggedRow => "ragged_row",
+            Self::FieldTooLong => "field_too_long",
+            Self::TooManyColumns => "too_many_columns",
+            Self::RowTooLong => "row_too_long",
+            Self::BadEncoding => "bad_encoding",
+            Self::ProcessingFailed => "processing_failed",
+        }
+    }
+
+    /// Parse a code back (from a stream entry or a database row).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejected row's reason code plus a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Policy switches on top of RFC syntax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmailPolicy {
+    /// Accept `user@[192.0.2.1]` and `user@192.0.2.1` (default: reject).
+    pub allow_ip_literal: bool,
+    /// Accept `"john smith"@example.com` (default: reject).
+    pub allow_quoted_local_part: bool,
+}
+
+/// An address that passed the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidEmail {
+    /// The uniqueness key: NFC, lower-cased, ASCII domain.
+    pub normalized: String,
+}
+
+/// Longest local part in octets (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_OCTETS: usize = 64;
+/// Longest address in octets (RFC 5321 path limit minus the angle brackets).
+pub const MAX_ADDRESS_OCTETS: usize = 254;
+/// Longest name kept, in characters.
+pub const MAX_NAME_CHARS: usize = 512;
+
+fn is_trimmable(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}' || c == '\u{200b}'
+}
+
+fn reject<T>(reason: RejectReason, message: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection::new(reason, message))
+}
+
+/// Judge an email field as written in the file.
+pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Rejection> {
+    use RejectReason::*;
+    let trimmed = raw.trim_matches(is_trimmable);
+    if trimmed.is_empty() {
+        return reject(MissingEmail, "the email field is empty");
+    }
+    let nfc: String = trimmed.nfc().collect();
+    if let Some(c) = nfc.chars().find(|c| c.is_whitespace()) {
+        return reject(
+            WhitespaceInside,
+            format!("the address contains whitespace ({:?})", c),
+        );
+    }
+    if let Some(c) = nfc.chars().find(|c| c.is_control()) {
+        return reject(
+            InvalidSyntax,
+            format!("the address contains a control character ({:?})", c),
+        );
+    }
+    if let Some(c) = nfc.chars().find(|c| matches!(c, '<' | '>' | '(' | ')')) {
+        return reject(
+            InvalidSyntax,
+            format!(
+                "the address contains {c:?}; write the bare address without brackets or comments"
+            ),
+        );
+    }
+    if nfc.starts_with('"') {
+        if !policy.allow_quoted_local_part {
+            return reject(
+                QuotedLocalPart,
+                "quoted local parts (\"…\"@domain) are not accepted",
+            );
+        }
+        return validate_quoted(&nfc);
+    }
+    let at_count = nfc.matches('@').count();
+    if at_count == 0 {
+        return reject(InvalidSyntax, "the address has no @");
+    }
+    if at_count > 1 {
+        return reject(
+            MultipleAt,
+            format!("the address has {at_count} @ signs; exactly one is expected"),
+        );
+    }
+    let (local, domain) = nfc.split_once('@').unwrap_or((&nfc, ""));
+    if local.is_empty() {
+        return reject(InvalidSyntax, "nothing before the @");
+    }
+    if domain.is_empty() {
+        return reject(InvalidSyntax, "nothing after the @");
+    }
+    if domain.starts_with('[') || is_dotted_quad(domain) {
+        if !policy.allow_ip_literal {
+            return reject(
+                IpLiteralDomain,
+                format!("IP address domains ({domain}) are not accepted"),
+            );
+        }
+        return validate_literal(local, domain);
+    }
+    if local.len() > MAX_LOCAL_OCTETS {
+        return reject(
+            TooLong,
+            format!(
+                "the part before the @ is {} octets; at most {MAX_LOCAL_OCTETS} are allowed",
+                local.len()
+            ),
+        );
+    }
+    if nfc.len() > MAX_ADDRESS_OCTETS {
+        return reject(
+            TooLong,
+            format!(
+                "the address is {} octets; at most {MAX_ADDRESS_OCTETS} are allowed",
+                nfc.len()
+            ),
+        );
+    }
+    let ascii_domain = ascii_domain(domain)?;
+    if local.len() + 1 + ascii_domain.len() > MAX_ADDRESS_OCTETS {
+        return reject(
+            TooLong,
+            format!(
+                "the address is longer than {MAX_ADDRESS_OCTETS} octets once the domain is in ASCII form"
+            ),
+        );
+    }
+    check_dot_atom(local)?;
+    // Belt and braces: the RFC parser must agree with the policy above.
+    let candidate = format!("{local}@{ascii_domain}");
+    let options = email_address::Options::default()
+        .with_required_tld()
+        .without_domain_literal()
+        .without_display_text();
+    if let Err(e) = email_address::EmailAddress::parse_with_options(&candidate, options) {
+        return reject(InvalidSyntax, format!("not a valid address: {e}"));
+    }
+    Ok(ValidEmail {
+        normalized: normalize_parts(local, &ascii_domain),
+    })
+}
+
+fn normalize_parts(local: &str, ascii_domain: &str) -> String {
+    let lower: String = local.to_lowercase().nfc().collect();
+    format!("{lower}@{}", ascii_domain.to_ascii_lowercase())
+}
+
+/// Lower-cased ASCII form of a domain, with the label rules applied.
+fn ascii_domain(domain: &str) -> Result<String, Rejection> {
+    use RejectReason::InvalidDomain;
+    if let Some(c) = domain
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        return reject(
+            InvalidDomain,
+            format!(
+                "the domain {domain:?} contains {c:?}; only letters, digits, '-' and '.' are allowed"
+            ),
+        );
+    }
+    if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        return reject(
+            InvalidDomain,
+            format!("the domain {domain:?} has an empty label (a leading, trailing or double dot)"),
+        );
+    }
+    let ascii = match idna::domain_to_ascii(domain) {
+        Ok(a) => a,
+        Err(_) => {
+            return reject(
+                InvalidDomain,
+                format!("the domain {domain:?} is not a valid internationalized domain name"),
+            );
+        }
+    };
+    let labels: Vec<&str> = ascii.split('.').collect();
+    if labels.len() < 2 {
+        return reject(
+            InvalidDomain,
+            format!(
+                "the domain {domain:?} has no dot; a public domain such as example.com is expected"
+            ),
+        );
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return reject(
+                InvalidDomain,
+                format!("the domain {domain:?} has an empty label"),
+            );
+        }
+        if label.len() > 63 {
+            return reject(
+                InvalidDomain,
+                format!("a label of the domain {domain:?} is longer than 63 octets"),
+            );
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return reject(
+                InvalidDomain,
+                format!("a label of the domain {domain:?} starts or ends with '-'"),
+            );
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return reject(
+                InvalidDomain,
+                format!("the domain {domain:?} has characters not allowed in a host name"),
+            );
+        }
+    }
+    let tld = labels.last().copied().unwrap_or_default();
+    if tld.len() < 2 || tld.bytes().all(|b| b.is_ascii_digit()) {
+        return reject(
+            InvalidDomain,
+            format!("the top-level domain {tld:?} of {domain:?} is not valid"),
+        );
+    }
+    Ok(ascii)
+}
+
+const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+
+fn check_dot_atom(local: &str) -> Result<(), Rejection> {
+    use RejectReason::InvalidSyntax;
+    if local.starts_with('.') || local.ends_with('.') {
+        return reject(
+            InvalidSyntax,
+            "the part before the @ starts or ends with a dot",
+        );
+    }
+    if local.contains("..") {
+        return reject(InvalidSyntax, "the part before the @ has two dots in a row");
+    }
+    if let Some(c) = local.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || *c == '.'
+            || ATEXT_SPECIALS.contains(*c)
+            || (!c.is_ascii() && c.is_alphanumeric())
+            || (!c.is_ascii() && is_combining(*c)))
+    }) {
+        return reject(
+            InvalidSyntax,
+            format!("the part before the @ contains {c:?}, which is not allowed there"),
+        );
+    }
+    Ok(())
+}
+
+fn is_combining(c: char) -> bool {
+    unicode_normalization::char::is_combining_mark(c)
+}
+
+fn is_dotted_quad(domain: &str) -> bool {
+    let parts: Vec<&str> = domain.split('.').collect();
+    parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Only reached when the policy allows quoted local parts.
+fn validate_quoted(address: &str) -> Result<ValidEmail, Rejection> {
+    let options = email_address::Options::default()
+        .with_required_tld()
+        .without_display_text();
+    match email_address::EmailAddress::parse_with_options(address, options) {
+        Ok(parsed) => {
+            let domain = ascii_domain(parsed.domain())?;
+            Ok(ValidEmail {
+                normalized: normalize_parts(parsed.local_part(), &domain),
+            })
+        }
+        Err(e) => reject(
+            RejectReason::InvalidSyntax,
+            format!("not a valid address: {e}"),
+        ),
+    }
+}
+
+/// Only reached when the policy allows IP literals.
+fn validate_literal(local: &str, domain: &str) -> Result<ValidEmail, Rejection> {
+    check_dot_atom(local)?;
+    let inner = domain.trim_start_matches('[').trim_end_matches(']');
+    let inner_ip = inner.strip_prefix("IPv6:").unwrap_or(inner);
+    if inner_ip.parse::<std::net::IpAddr>().is_err() {
+        return reject(
+            RejectReason::IpLiteralDomain,
+            format!("{domain} is not a valid IP address"),
+        );
+    }
+    Ok(ValidEmail {
+        normalized: format!("{}@{}", local.to_lowercase(), domain.to_ascii_lowercase()),
+    })
+}
+
+/// The normalized key of an address, or `None` if the policy rejects it.
+pub fn normalize_email(raw: &str, policy: EmailPolicy) -> Option<String> {
+    validate_email(raw, policy).ok().map(|v| v.normalized)
+}
+
+/// Clean a free-text field (a name): trimmed, control characters removed,
+/// line breaks and tabs turned into spaces. Empty becomes `None`: a missing
+/// name stays missing, it is never invented.
+pub fn clean_text(raw: &str) -> Option<String> {
+    let cleaned: String = raw
+        .chars()
+        .filter_map(|c| match c {
+            '\t' | '\n' | '\r' => Some(' '),
+            c if c.is_control() || c == '\u{feff}' => None,
+            c => Some(c),
+        })
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.is_empty() {
+        None
+    } else {
+        Some(trimmed.nfc().collect())
+    }
+}
+
+/// A name that passed: cleaned and bounded.
+pub fn validate_name(raw: Option<&str>) -> Result<Option<String>, Rejection> {
+    let Some(name) = raw.and_then(clean_text) else {
+        return Ok(None);
+    };
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return reject(
+            RejectReason::FieldTooLong,
+            format!("the name is {chars} characters; at most {MAX_NAME_CHARS} are kept"),
+        );
+    }
+    Ok(Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(raw: &str) -> Option<&'static str> {
+        validate_email(raw, EmailPolicy::default())
+            .err()
+            .map(|r| r.reason.code())
+    }
+
+    #[test]
+    fn idn_domains_in_unicode_and_punycode_share_one_key() {
+        let a = normalize_email("User@Bücher.de", EmailPolicy::default());
+        let b = normalize_email("user@xn--bcher-kva.de", EmailPolicy::default());
+        assert_eq!(a.as_deref(), Some("user@xn--bcher-kva.de"));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn plus_tags_and_dots_are_not_folded() {
+        let p = EmailPolicy::default();
+        assert_ne!(
+            normalize_email("a.b+x@example.com", p),
+            normalize_email("ab@example.com", p)
+        );
+    }
+
+    #[test]
+    fn policy_switches_admit_literals_and_quoted_parts() {
+        let open = EmailPolicy {
+            allow_ip_literal: true,
+            allow_quoted_local_part: true,
+        };
+        assert!(validate_email("user@[192.0.2.1]", open).is_ok());
+        assert!(validate_email("\"john smith\"@example.com", open).is_err());
+        assert!(validate_email("\"john.smith\"@example.com", open).is_ok());
+        assert_eq!(reason("user@[192.0.2.1]"), Some("ip_literal_domain"));
+        assert_eq!(reason("\"john\"@example.com"), Some("quoted_local_part"));
+    }
+
+    #[test]
+    fn names_lose_control_characters_and_stay_missing_when_blank() {
+        assert_eq!(
+            clean_text("  Zoë\u{0007} Müller\n"),
+            Some("Zoë Müller".into())
+        );
+        assert_eq!(clean_text(" \t "), None);
+        assert!(validate_name(Some(&"x".repeat(MAX_NAME_CHARS + 1))).is_err());
+    }
+}
