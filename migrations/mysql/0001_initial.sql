@@ -32,9 +32,9 @@ CREATE TABLE uploads (
 CREATE TABLE contacts (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     email         VARCHAR(320) NOT NULL COLLATE utf8mb4_bin,
-    email_raw     TEXT         NOT NULL,
+    email_raw     MEDIUMTEXT   NOT NULL,
     name          TEXT         NULL,
-    attributes    TEXT         NULL,
+    attributes    MEDIUMTEXT   NULL,
     upload_id     VARCHAR(64)  NOT NULL,
     upload_seq    BIGINT       NOT NULL,
     `row_number`  BIGINT       NOT NULL,
@@ -54,7 +54,7 @@ CREATE TABLE rejected_rows (
     upload_id     VARCHAR(64) NOT NULL,
     `row_number`  BIGINT      NOT NULL,
     reason        VARCHAR(32) NOT NULL,
-    message       TEXT        NOT NULL,
+    message       MEDIUMTEXT  NOT NULL,
     fields        MEDIUMTEXT  NOT NULL,
     created_at_ms BIGINT      NOT NULL,
     PRIMARY KEY (upload_id, `row_number`)

@@ -1,0 +1,16 @@
+//! rowpipe-consumer: reads the stream as a member of a consumer group and
+//! inserts rows into the contacts table, one record per normalized email.
+//!
+//! # Layout
+//!
+//! * [`config`]: the environment contract (batching, reclaiming, dead letters).
+//! * [`startup`]: [`startup::Application::build`] then `run_until_stopped`.
+//! * [`worker`]: read → judge → store → acknowledge, with the retry rules.
+//! * [`judge`]: a stream entry → a judged row (rules in `rowpipe_core::validate`).
+//! * [`maintenance`]: gauges, trimming acknowledged entries, forgetting dead consumers.
+
+pub mod config;
+pub mod judge;
+pub mod maintenance;
+pub mod startup;
+pub mod worker;

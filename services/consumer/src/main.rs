@@ -1,0 +1,20 @@
+use clap::Parser;
+use rowpipe_consumer::config::Config;
+use rowpipe_consumer::startup::Application;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rowpipe_core::telemetry::install_crypto_provider();
+    let config = Config::parse();
+    let telemetry = rowpipe_core::telemetry::init("rowpipe-consumer", &config.telemetry)?;
+    let (_trigger, shutdown) = rowpipe_core::shutdown::on_signals();
+    let result = match Application::build(config).await {
+        Ok(app) => app.run_until_stopped(shutdown).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "rowpipe-consumer failed");
+    }
+    telemetry.shutdown();
+    result
+}

@@ -1,0 +1,62 @@
+//! Periodic housekeeping, one task per process: sample the stream gauges,
+//! trim what every group has acknowledged, and forget consumers that left
+//! without saying goodbye (nothing pending, idle for a long time).
+
+use std::time::Duration;
+
+use redis::AsyncTypedCommands;
+use redis::aio::ConnectionManager;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::stream;
+
+/// Consumers idle this long with nothing pending are removed from the group.
+const FORGET_IDLE: Duration = Duration::from_secs(3600);
+
+/// One round of housekeeping.
+pub async fn tick(
+    con: &mut ConnectionManager,
+    stream_key: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    let backlog = stream::backlog(con, stream_key, group).await?;
+    let labels = [
+        ("stream", stream_key.to_string()),
+        ("group", group.to_string()),
+    ];
+    metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
+    metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
+    metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
+    let trimmed = stream::trim_acknowledged(con, stream_key).await?;
+    if trimmed > 0 {
+        metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
+        tracing::debug!(trimmed, "trimmed acknowledged entries");
+    }
+    if let Ok(info) = con.xinfo_consumers(stream_key, group).await {
+        for c in info.consumers {
+            if c.pending == 0 && c.idle as u128 > FORGET_IDLE.as_millis() {
+                let _ = con.xgroup_delconsumer(stream_key, group, &c.name).await;
+                tracing::info!(consumer = %c.name, "removed idle consumer with nothing pending");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run [`tick`] every `every` until shutdown.
+pub async fn run(
+    mut con: ConnectionManager,
+    stream_key: String,
+    group: String,
+    every: Duration,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        if let Err(e) = tick(&mut con, &stream_key, &group).await {
+            tracing::debug!(error = %e, "housekeeping failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = shutdown.requested() => return,
+        }
+    }
+}

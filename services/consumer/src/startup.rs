@@ -1,0 +1,132 @@
+//! Building and running a consumer process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::worker::{Health, Worker};
+
+/// A built consumer: connected, schema checked, HTTP port bound.
+pub struct Application {
+    config: Arc<Config>,
+    store: Store,
+    redis: redis::aio::ConnectionManager,
+    health: Arc<Health>,
+    listener: TcpListener,
+    port: u16,
+    base_name: String,
+}
+
+impl Application {
+    /// Connect, refuse an old schema, join the group, bind the metrics port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let store = Store::connect(&config.database).await?;
+        // Refuse rather than migrate: many replicas must not race to change
+        // the schema; the migration Job (`rowpipe migrate`) does that.
+        store.check_schema().await?;
+        let mut redis = rowpipe_core::stream::connect(&config.stream.redis_url).await?;
+        rowpipe_core::stream::ensure_group(&mut redis, &config.stream.stream, &config.stream.group)
+            .await?;
+        let listener = TcpListener::bind(config.metrics_listen).await?;
+        let port = listener.local_addr()?.port();
+        let base_name = config.consumer_base_name();
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            redis,
+            health: Arc::new(Health::default()),
+            listener,
+            port,
+            base_name,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A worker with its own connections, for tests that drive batches.
+    pub async fn worker(&self, index: usize) -> anyhow::Result<Worker> {
+        Worker::new(
+            format!("{}-w{index}", self.base_name),
+            self.config.clone(),
+            self.store.clone(),
+            self.redis.clone(),
+            self.health.clone(),
+        )
+        .await
+    }
+
+    /// Run workers, housekeeping and the HTTP port until shutdown, then
+    /// finish the batches in hand within the grace period.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        metrics::gauge!("rowpipe_consumer_ready").set(1.0);
+        let mut workers = Vec::new();
+        for i in 0..self.config.workers {
+            let worker = self.worker(i).await?;
+            tracing::info!(consumer = %worker.name(), stream = %self.config.stream.stream, group = %self.config.stream.group, "consumer started");
+            workers.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        let housekeeping = tokio::spawn(crate::maintenance::run(
+            self.redis.clone(),
+            self.config.stream.stream.clone(),
+            self.config.stream.group.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(rowpipe_core::telemetry::metrics_endpoint))
+            .with_state(self.health.clone());
+        let mut http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move { http_shutdown.requested().await })
+                .await
+        });
+
+        let mut s = shutdown.clone();
+        s.requested().await;
+        tracing::info!("shutdown requested: finishing the batches in hand");
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, futures::future::join_all(workers)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "grace period over; exiting with batches still pending (they will be reclaimed)"
+            );
+        }
+        housekeeping.abort();
+        http.abort();
+        self.store.close().await;
+        tracing::info!("rowpipe-consumer stopped");
+        Ok(())
+    }
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let ready = health.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "ready": ready,
+            "redis": health.redis_ok.load(std::sync::atomic::Ordering::Relaxed),
+            "database": health.db_ok.load(std::sync::atomic::Ordering::Relaxed),
+        })),
+    )
+}

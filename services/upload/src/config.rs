@@ -1,0 +1,89 @@
+//! The upload service's configuration: the environment contract.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
+
+/// rowpipe-upload: streams uploaded CSV files row by row into a Redis Stream.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "rowpipe-upload", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub stream: StreamConfig,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "ROWPIPE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Accepted bearer tokens, comma-separated.
+    #[arg(long, env = "ROWPIPE_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// File holding accepted bearer tokens, one per line (a mounted Secret).
+    #[arg(long, env = "ROWPIPE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<std::path::PathBuf>,
+
+    /// Accept requests without a token (local runs only; logged as a warning).
+    #[arg(long, env = "ROWPIPE_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_disabled: bool,
+
+    /// Largest request body accepted, in bytes (413 beyond it).
+    #[arg(long, env = "ROWPIPE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    /// Longest field accepted, in bytes (the row is rejected beyond it).
+    #[arg(long, env = "ROWPIPE_MAX_FIELD_BYTES", default_value_t = 64 * 1024)]
+    pub max_field_bytes: usize,
+
+    /// Most columns accepted in a row.
+    #[arg(long, env = "ROWPIPE_MAX_COLUMNS", default_value_t = 512)]
+    pub max_columns: usize,
+
+    /// Longest row accepted, in bytes.
+    #[arg(long, env = "ROWPIPE_MAX_ROW_BYTES", default_value_t = 1024 * 1024)]
+    pub max_row_bytes: usize,
+
+    /// Most unacknowledged entries (lag + pending) before uploads wait for consumers.
+    #[arg(long, env = "ROWPIPE_MAX_BACKLOG", default_value_t = 200_000)]
+    pub max_backlog: u64,
+
+    /// Rows per XADD pipeline.
+    #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH", default_value_t = 500)]
+    pub enqueue_batch: usize,
+
+    /// Window in seconds within which a re-upload of the same content (same
+    /// sha256, sent by the client in `Content-Digest` or `X-Content-SHA256`)
+    /// returns the earlier upload. 0 disables it.
+    #[arg(long, env = "ROWPIPE_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_window_secs: u64,
+
+    /// Seconds in-flight uploads may continue after SIGTERM before they are
+    /// failed (with the row reached) so the process can exit.
+    #[arg(long, env = "ROWPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// Fail fast on values that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.stream.validate()?;
+        rowpipe_core::store::Dialect::from_url(&self.database.database_url)?;
+        if self.enqueue_batch == 0 {
+            anyhow::bail!("ROWPIPE_ENQUEUE_BATCH must be at least 1");
+        }
+        if self.max_backlog < self.enqueue_batch as u64 {
+            anyhow::bail!("ROWPIPE_MAX_BACKLOG must be at least ROWPIPE_ENQUEUE_BATCH");
+        }
+        if self.max_columns == 0 || self.max_field_bytes == 0 || self.max_row_bytes == 0 {
+            anyhow::bail!("row limits must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! Appending rows to the stream: pipelined `XADD` in batches, with
+//! backpressure on the consumer group's backlog.
+//!
+//! One `XADD` per row would cost one round trip per row; instead each batch
+//! is one pipeline (one round trip). Before a batch is written, the group's
+//! unacknowledged count (lag + pending) is compared with `max_backlog`; above
+//! it, the writer waits, the bounded channel in front of it fills, and the
+//! HTTP body stops being read, so Redis memory stays bounded however large or
+//! fast uploads are.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use rowpipe_core::stream::{self, StreamEntry};
+use tracing::Instrument;
+
+/// Attempts per batch before the upload fails (about 20 s of Redis outage).
+const WRITE_ATTEMPTS: u32 = 10;
+
+/// Where and how to write.
+#[derive(Clone, Debug)]
+pub struct EnqueueConfig {
+    pub stream: String,
+    pub group: String,
+    pub max_backlog: u64,
+}
+
+/// Writes batches to the stream, waiting while the backlog is too large.
+pub struct Enqueuer {
+    con: ConnectionManager,
+    config: EnqueueConfig,
+    /// Rows written since the backlog was last measured.
+    since_check: u64,
+    last_backlog: u64,
+}
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("shutting down while waiting for consumers to catch up")]
+    ShuttingDown,
+}
+
+impl Enqueuer {
+    pub fn new(con: ConnectionManager, config: EnqueueConfig) -> Self {
+        Self {
+            con,
+            config,
+            since_check: 0,
+            last_backlog: 0,
+        }
+    }
+
+    /// Wait until the backlog leaves room for `incoming` more rows.
+    async fn wait_for_room(
+        &mut self,
+        incoming: u64,
+        shutdown: &mut rowpipe_core::shutdown::Shutdown,
+    ) -> Result<(), EnqueueError> {
+        // Measuring costs a round trip; skip it while we are far below the bound.
+        let estimate = self.last_backlog + self.since_check + incoming;
+        if estimate <= self.config.max_backlog / 2 && self.since_check < self.config.max_backlog / 4
+        {
+            return Ok(());
+        }
+        let mut delay = Duration::from_millis(20);
+        let mut waited = false;
+        let started = Instant::now();
+        loop {
+            let backlog =
+                stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
+            self.last_backlog = backlog.unacknowledged();
+            self.since_check = 0;
+            if self.last_backlog + incoming <= self.config.max_backlog {
+                if waited {
+                    metrics::histogram!("rowpipe_upload_backpressure_wait_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            if !waited {
+                waited = true;
+                metrics::counter!("rowpipe_upload_backpressure_waits_total").increment(1);
+                tracing::info!(
+                    backlog = self.last_backlog,
+                    max_backlog = self.config.max_backlog,
+                    "stream backlog above bound; waiting for consumers"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {},
+                _ = shutdown.requested() => return Err(EnqueueError::ShuttingDown),
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Write one batch in one pipeline, under a producer span.
+    pub async fn write(
+        &mut self,
+        upload_id: &str,
+        batch: &mut [StreamEntry],
+        shutdown: &mut rowpipe_core::shutdown::Shutdown,
+    ) -> Result<(), EnqueueError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_room(batch.len() as u64, shutdown).await?;
+        let first = batch.first().map(|e| e.row_number).unwrap_or(0);
+        let last = batch.last().map(|e| e.row_number).unwrap_or(0);
+        let span = tracing::info_span!(
+            "rowpipe.enqueue",
+            otel.name = format!("{} publish", self.config.stream),
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.config.stream,
+            messaging.batch.message_count = batch.len(),
+            rowpipe.upload_id = %upload_id,
+            rowpipe.row_number_start = first,
+            rowpipe.row_number_end = last,
+        );
+        let trace = rowpipe_core::telemetry::inject(&span);
+        let mut pipe = redis::pipe();
+        for entry in batch.iter_mut() {
+            entry.trace = trace.clone();
+            pipe.xadd(&self.config.stream, "*", &entry.to_fields());
+        }
+        // A failed pipeline may have written part of the batch; writing it
+        // again is safe because consumers record each (upload, row) once.
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result: redis::RedisResult<Vec<String>> = pipe
+                .query_async(&mut self.con)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(_) => {
+                    self.since_check += batch.len() as u64;
+                    metrics::counter!("rowpipe_upload_rows_enqueued_total")
+                        .increment(batch.len() as u64);
+                    return Ok(());
+                }
+                Err(e) => {
+                    metrics::counter!("rowpipe_redis_errors_total", "program" => "upload")
+                        .increment(1);
+                    if attempt >= WRITE_ATTEMPTS || shutdown.is_requested() {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(error = %e, attempt, "XADD batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP API's errors, mapped to status codes in one place.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("upload {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    Unprocessable {
+        message: String,
+        columns: Vec<String>,
+    },
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        limit: u64,
+        upload_id: Option<String>,
+        rows_read: i64,
+    },
+    #[error("the service is shutting down; retry the upload")]
+    ShuttingDown { upload_id: Option<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<rowpipe_core::store::StoreError> for ApiError {
+    fn from(e: rowpipe_core::store::StoreError) -> Self {
+        if e.is_transient() {
+            ApiError::Unavailable(format!("database unavailable: {e}"))
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ShuttingDown { .. } | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unprocessable { .. } => "unprocessable_file",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::ShuttingDown { .. } => "shutting_down",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        match &self {
+            ApiError::Unprocessable { columns, .. } => {
+                body["error"]["columns"] = json!(columns);
+            }
+            ApiError::PayloadTooLarge {
+                limit,
+                upload_id,
+                rows_read,
+            } => {
+                body["error"]["limit_bytes"] = json!(limit);
+                body["error"]["upload_id"] = json!(upload_id);
+                body["error"]["rows_read"] = json!(rows_read);
+            }
+            ApiError::ShuttingDown { upload_id } => {
+                body["error"]["upload_id"] = json!(upload_id);
+            }
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,214 @@
+//! One upload, from the first body byte to the last row in the stream.
+//!
+//! The body is read chunk by chunk, hashed, counted against the size limit
+//! and fed to the [`Intake`]; finished rows become [`StreamEntry`]s, grouped
+//! into batches and handed over a small bounded channel to a writer task that
+//! pipelines them into Redis. Reading the next chunk overlaps with writing the
+//! previous batch, and when the writer waits (backpressure) the channel fills
+//! and the body is no longer read: memory stays bounded.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use rowpipe_core::store::uploads::FinishedBody;
+use rowpipe_core::stream::StreamEntry;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::enqueue::{EnqueueError, Enqueuer};
+use crate::error::ApiError;
+use crate::intake::{Intake, IntakeOptions, IntakeRow, sniff};
+use crate::startup::AppState;
+
+/// Facts about an upload once its body was read.
+#[derive(Clone, Debug)]
+pub struct IngestReport {
+    pub body: FinishedBody,
+}
+
+/// Why an upload stopped before its end.
+#[derive(Debug)]
+enum Stop {
+    TooLarge,
+    ShuttingDown,
+    Body(String),
+    Intake(crate::intake::IntakeError),
+    Enqueue(EnqueueError),
+}
+
+/// Stream `body` into Redis as upload `upload_id`.
+pub async fn ingest<S, E>(
+    state: &AppState,
+    upload_id: &str,
+    upload_seq: i64,
+    options: IntakeOptions,
+    body: S,
+) -> Result<IngestReport, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let config = &state.config;
+    let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(2);
+    let mut enqueuer = Enqueuer::new(state.redis.clone(), state.enqueue.clone());
+    let mut writer_shutdown = state.shutdown.clone();
+    let writer_upload = upload_id.to_string();
+    let writer = tokio::spawn(
+        async move {
+            let mut written: i64 = 0;
+            while let Some(mut batch) = rx.recv().await {
+                let n = batch.len() as i64;
+                enqueuer
+                    .write(&writer_upload, &mut batch, &mut writer_shutdown)
+                    .await?;
+                written += n;
+            }
+            Ok::<i64, EnqueueError>(written)
+        }
+        .instrument(tracing::Span::current()),
+    );
+
+    let mut intake = Intake::new(options);
+    let mut rows: Vec<IntakeRow> = Vec::new();
+    let mut batch: Vec<StreamEntry> = Vec::with_capacity(config.enqueue_batch);
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut shutdown = state.shutdown.clone();
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    let deadline = async move {
+        shutdown.requested().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(deadline);
+    let mut body = body;
+
+    let make_entry = |row: IntakeRow| StreamEntry {
+        upload_id: upload_id.to_string(),
+        upload_seq: Some(upload_seq),
+        row_number: row.row_number,
+        body: row.body,
+        trace: Vec::new(),
+    };
+
+    let stop: Option<Stop> = loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = &mut deadline => break Some(Stop::ShuttingDown),
+            chunk = body.next() => chunk,
+        };
+        let finished = chunk.is_none();
+        let result = match chunk {
+            None => intake.finish(&mut rows),
+            Some(Err(e)) => {
+                let text = e.to_string();
+                break Some(if text.contains("length limit") {
+                    Stop::TooLarge
+                } else {
+                    Stop::Body(text)
+                });
+            }
+            Some(Ok(bytes)) => {
+                size += bytes.len() as u64;
+                if size > config.max_body_bytes {
+                    break Some(Stop::TooLarge);
+                }
+                metrics::counter!("rowpipe_upload_bytes_received_total")
+                    .increment(bytes.len() as u64);
+                hasher.update(&bytes);
+                intake.push(&bytes, &mut rows)
+            }
+        };
+        if let Err(e) = result {
+            break Some(Stop::Intake(e));
+        }
+        metrics::counter!("rowpipe_upload_rows_received_total").increment(rows.len() as u64);
+        let mut writer_gone = false;
+        for row in rows.drain(..) {
+            batch.push(make_entry(row));
+            if batch.len() >= config.enqueue_batch {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(config.enqueue_batch));
+                if tx.send(full).await.is_err() {
+                    writer_gone = true;
+                    break;
+                }
+            }
+        }
+        if writer_gone {
+            break None; // the writer's error is reported below
+        }
+        if finished {
+            if !batch.is_empty() {
+                let _ = tx.send(std::mem::take(&mut batch)).await;
+            }
+            break None;
+        }
+    };
+    drop(tx);
+    let written = match writer.await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(e),
+        Err(join) => Err(EnqueueError::Redis(redis::RedisError::from(
+            std::io::Error::other(join.to_string()),
+        ))),
+    };
+    let rows_read = intake.rows_read();
+    let rows_enqueued = *written.as_ref().unwrap_or(&0);
+    let stop = match (stop, written) {
+        (Some(stop), _) => Some(stop),
+        (None, Err(e)) => Some(Stop::Enqueue(e)),
+        (None, Ok(_)) => None,
+    };
+    if let Some(stop) = stop {
+        let error = match stop {
+            Stop::TooLarge => ApiError::PayloadTooLarge {
+                limit: config.max_body_bytes,
+                upload_id: Some(upload_id.to_string()),
+                rows_read,
+            },
+            Stop::ShuttingDown => ApiError::ShuttingDown {
+                upload_id: Some(upload_id.to_string()),
+            },
+            Stop::Body(e) => ApiError::BadRequest(format!(
+                "reading the request body failed after {rows_read} rows: {e}"
+            )),
+            Stop::Intake(e) => {
+                let columns = match &e {
+                    crate::intake::IntakeError::Columns(
+                        rowpipe_core::row::ColumnError::NoEmailColumn(cols)
+                        | rowpipe_core::row::ColumnError::UnknownColumn(_, cols),
+                    ) => cols.clone(),
+                    _ => Vec::new(),
+                };
+                ApiError::Unprocessable {
+                    message: e.to_string(),
+                    columns,
+                }
+            }
+            Stop::Enqueue(EnqueueError::ShuttingDown) => ApiError::ShuttingDown {
+                upload_id: Some(upload_id.to_string()),
+            },
+            Stop::Enqueue(e) => ApiError::Unavailable(format!(
+                "writing rows to Redis failed after {rows_enqueued} rows: {e}"
+            )),
+        };
+        state
+            .store
+            .fail_upload(upload_id, &error.to_string(), rows_read, rows_enqueued)
+            .await?;
+        metrics::counter!("rowpipe_uploads_total", "status" => "failed").increment(1);
+        return Err(error);
+    }
+    Ok(IngestReport {
+        body: FinishedBody {
+            size_bytes: size as i64,
+            sha256: hex::encode(hasher.finalize()),
+            encoding: intake.encoding().unwrap_or("UTF-8").to_string(),
+            delimiter: intake
+                .delimiter()
+                .map(sniff::delimiter_name)
+                .unwrap_or_else(|| ",".into()),
+            rows_read,
+            rows_enqueued,
+        },
+    })
+}

@@ -1,0 +1,109 @@
+//! Building and running the upload service.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use redis::aio::ConnectionManager;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::store::Store;
+use tokio::net::TcpListener;
+
+use crate::auth::{Auth, require_token};
+use crate::config::Config;
+use crate::enqueue::EnqueueConfig;
+use crate::routes;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub redis: ConnectionManager,
+    pub enqueue: EnqueueConfig,
+    pub shutdown: Shutdown,
+}
+
+/// A built, bound, not yet running upload service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    shutdown: Shutdown,
+}
+
+impl Application {
+    /// Connect to Redis and the database, check the schema, bind the port.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        config.validate()?;
+        let auth = Auth::from_config(
+            config.auth_tokens.as_deref(),
+            config.auth_tokens_file.as_deref(),
+            config.auth_disabled,
+        )?;
+        let store = Store::connect(&config.database).await?;
+        store.check_schema().await?;
+        let mut redis = rowpipe_core::stream::connect(&config.stream.redis_url).await?;
+        // The group exists before the first row, so its lag counts every row
+        // and backpressure works before any consumer has started.
+        rowpipe_core::stream::ensure_group(&mut redis, &config.stream.stream, &config.stream.group)
+            .await?;
+        let enqueue = EnqueueConfig {
+            stream: config.stream.stream.clone(),
+            group: config.stream.group.clone(),
+            max_backlog: config.max_backlog,
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            redis,
+            enqueue,
+            shutdown: shutdown.clone(),
+        };
+        let api = Router::new()
+            .route(
+                "/v1/uploads",
+                post(routes::create_upload).get(routes::list_uploads),
+            )
+            .route("/v1/uploads/{id}", get(routes::get_upload))
+            .route("/v1/uploads/{id}/rejects", get(routes::get_rejects))
+            .route("/v1/uploads/{id}/duplicates", get(routes::get_duplicates))
+            // The body limit is enforced while streaming (413 and a failed
+            // upload record), not by buffering middleware.
+            .layer(DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(auth, require_token));
+        let router = Router::new()
+            .merge(api)
+            .route("/healthz", get(routes::healthz))
+            .route("/readyz", get(routes::readyz))
+            .route("/metrics", get(rowpipe_core::telemetry::metrics_endpoint))
+            .route("/openapi.json", get(routes::openapi))
+            .with_state(state);
+        Ok(Self {
+            listener,
+            router,
+            port,
+            shutdown,
+        })
+    }
+
+    /// The bound port (useful with `ROWPIPE_LISTEN=127.0.0.1:0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until shutdown is requested, then let in-flight uploads finish
+    /// (or fail cleanly after the grace period) and return.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let mut shutdown = self.shutdown;
+        tracing::info!(port = self.port, "rowpipe-upload listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.requested().await })
+            .await?;
+        tracing::info!("rowpipe-upload stopped");
+        Ok(())
+    }
+}
