@@ -1,0 +1,942 @@
+#!/usr/bin/env python3
+"""Checks of rowpipe's deployment files, run by scripts/check-chart.
+
+Prints one line per check ("PASS name: detail" / "FAIL name: reason") and ends with
+"chart checks: N passed, M failed"; exits 1 when M > 0.
+
+Environment (set by scripts/check-chart): HELM, KUBECTL, HADOLINT, KUBERNETES_VALIDATE.
+ROWPIPE_K8S_VERSION selects the Kubernetes schemas (default 1.33.0).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import jsonschema
+import yaml
+
+K8S_VERSION = os.environ.get("ROWPIPE_K8S_VERSION", "1.33.0")
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+RELEASE = "rowpipe"
+NAMESPACE = "rowpipe"
+
+# Trigger metadata keys the KEDA redis-streams scaler reads (KEDA docs, v2.12+). The CRD
+# types trigger metadata as map[string]string, so the scaler keys are checked here.
+REDIS_STREAMS_METADATA = {
+    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
+    "username", "usernameFromEnv", "password", "passwordFromEnv",
+    "stream", "consumerGroup", "pendingEntriesCount", "streamLength",
+    "lagCount", "activationLagCount", "databaseIndex", "enableTLS", "unsafeSsl",
+}
+REQUIRED_ALERTS = {"RowpipeLagGrowing", "RowpipeDeadLetters", "RowpipeConsumerErrors", "RowpipeNoConsumers"}
+REQUIRED_ALERT_METRICS = {
+    "rowpipe_stream_group_lag", "rowpipe_consumer_dead_lettered_total",
+    "rowpipe_db_errors_total", "rowpipe_consumer_ready",
+}
+# values.schema.json nodes allowed to accept unknown properties: Kubernetes objects
+# passed through verbatim (validated after rendering by kubernetes-validate).
+SCHEMA_PASSTHROUGH = [
+    r"^global$",
+    r"^(upload|consumer)\.affinity\.(nodeAffinity|podAffinity|podAntiAffinity)$",
+    r"^(upload|consumer)\.tolerations\[\]$",
+    r"^(upload|consumer|migration)\.extraEnv\[\]$",
+    r"^networkPolicy\.(apiFrom|metricsFrom|egressTo)\[\]$",
+]
+
+
+class CheckError(Exception):
+    pass
+
+
+def require(cond, msg):
+    if not cond:
+        raise CheckError(msg)
+
+
+# ---------------------------------------------------------------------------------
+# runner
+
+
+class Runner:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, fn, *args):
+        try:
+            detail = fn(*args)
+        except CheckError as e:
+            self.failed += 1
+            print(f"FAIL {name}: {e}", flush=True)
+            return False
+        except Exception as e:  # a bug or an unexpected tool failure is a failed check
+            self.failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc(limit=3, file=sys.stdout)
+            return False
+        self.passed += 1
+        print(f"PASS {name}" + (f": {detail}" if detail else ""), flush=True)
+        return True
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def first_error_line(text):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = [line for line in lines if line.startswith("- at ") or line.startswith("[ERROR]")]
+    if detail:  # helm's schema errors and lint errors carry the detail on later lines
+        return " | ".join(detail[:3])[:400]
+    for line in lines:
+        if "rror" in line or "FAIL" in line or "fail" in line:
+            return line[:300]
+    return (lines[0] if lines else "")[:300]
+
+
+# ---------------------------------------------------------------------------------
+# helm
+
+
+class Chart:
+    def __init__(self, root):
+        self.root = root
+        self.dir = os.path.join(root, "charts", "rowpipe")
+        self.helm = os.environ.get("HELM") or shutil.which("helm")
+        require(self.helm, "helm not found")
+        self.cache = {}
+
+    def values_file(self, name):
+        return os.path.join(self.dir, name)
+
+    def template(self, values=(), sets=()):
+        key = (tuple(values), tuple(sets))
+        if key not in self.cache:
+            cmd = [self.helm, "template", RELEASE, self.dir, "--namespace", NAMESPACE]
+            for v in values:
+                cmd += ["-f", v]
+            for s in sets:
+                cmd += ["--set", s]
+            p = run(cmd)
+            self.cache[key] = p
+        return self.cache[key]
+
+    def render(self, values=(), sets=()):
+        p = self.template(values, sets)
+        require(p.returncode == 0, f"helm template failed: {first_error_line(p.stderr)}")
+        return [d for d in yaml.safe_load_all(p.stdout) if d]
+
+
+def find(docs, kind, name=None):
+    out = [d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+    return out
+
+
+def one(docs, kind, name=None):
+    found = find(docs, kind, name)
+    require(len(found) == 1, f"expected one {kind}{' ' + name if name else ''}, found {len(found)}")
+    return found[0]
+
+
+def container_env(docs, pod_spec, container):
+    """Resolve a container's environment: envFrom ConfigMaps/Secrets of the render, then env."""
+    env = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            cms = find(docs, "ConfigMap", src["configMapRef"]["name"])
+            require(cms, f"envFrom ConfigMap {src['configMapRef']['name']} is not rendered")
+            env.update(cms[0].get("data", {}))
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            env[e["name"]] = e.get("valueFrom")
+    return env
+
+
+def pod_spec(workload):
+    return workload["spec"]["template"]["spec"]
+
+
+# ---------------------------------------------------------------------------------
+# values.yaml / values.schema.json
+
+
+def check_values_documented(chart):
+    path = chart.values_file("values.yaml")
+    lines = open(path).read().splitlines()
+    missing = []
+    keys = 0
+    prev = ""
+    for n, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        m = re.match(r"^(\s*)([A-Za-z0-9_.\-]+):(\s|$)", line)
+        if m and not stripped.startswith("- "):
+            keys += 1
+            if not prev.startswith("#"):
+                missing.append(f"line {n} '{m.group(2)}'")
+        prev = stripped
+    require(not missing, "keys without a comment above them: " + ", ".join(missing[:10]))
+    return f"{keys} keys, each with a comment"
+
+
+def check_values_match_schema(chart):
+    import json
+    schema = json.load(open(chart.values_file("values.schema.json")))
+    values = yaml.safe_load(open(chart.values_file("values.yaml")))
+    problems = []
+
+    def walk(val, sch, path):
+        props = sch.get("properties")
+        if not isinstance(val, dict) or props is None:
+            return
+        for k, v in val.items():
+            if k not in props:
+                problems.append(f"{path}{k}: in values.yaml, not in the schema")
+            else:
+                walk(v, props[k], f"{path}{k}.")
+        if not val and path:
+            return  # an empty map ({}) is a free-form Kubernetes object (affinity, ...)
+        for k in props:
+            if k not in val and not (path == "" and k == "global"):
+                problems.append(f"{path}{k}: in the schema, missing from values.yaml (undocumented)")
+
+    walk(values, schema, "")
+    require(not problems, "; ".join(problems[:10]))
+    return "values.yaml and values.schema.json declare the same keys"
+
+
+def check_schema_strict(chart):
+    import json
+    schema = json.load(open(chart.values_file("values.schema.json")))
+    problems = []
+    count = 0
+
+    def walk(node, path):
+        nonlocal count
+        if not isinstance(node, dict):
+            return
+        t = node.get("type")
+        is_object = t == "object" or (isinstance(t, list) and "object" in t) or "properties" in node
+        if is_object:
+            count += 1
+            ap = node.get("additionalProperties", "missing")
+            if ap == "missing":
+                problems.append(f"{path or '<root>'}: no additionalProperties")
+            elif ap is True or ap == {}:
+                if not any(re.match(p, path) for p in SCHEMA_PASSTHROUGH):
+                    problems.append(f"{path}: additionalProperties true outside the Kubernetes passthrough list")
+        for k, v in node.get("properties", {}).items():
+            walk(v, f"{path}.{k}" if path else k)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], path + "[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], path + "{}")
+        for kw in ("oneOf", "anyOf", "allOf"):
+            for sub in node.get(kw, []):
+                walk(sub, path)
+
+    walk(schema, "")
+    require(schema.get("additionalProperties") is False, "root additionalProperties is not false")
+    require(not problems, "; ".join(problems[:10]))
+    return f"{count} object nodes, all closed (passthrough only for Kubernetes objects)"
+
+
+def check_schema_rejects(chart):
+    cases = [
+        (["consumer.batchSzie=10"], "additional properties", "misspelled nested key"),
+        (["kedaa.enabled=true"], "additional properties", "misspelled top-level key"),
+        (["keda.lagCount=lots"], "want integer", "wrong type (string for integer)"),
+        (["logging.format=yaml"], "", "value outside the enum"),
+        (["stream.name="], "", "empty stream name"),
+        (["database.url=sqlite://rowpipe.db"], "sqlite", "sqlite URL (template guard)"),
+    ]
+    for sets, needle, what in cases:
+        p = chart.template(sets=sets)
+        require(p.returncode != 0, f"helm template --set {sets[0]} succeeded; it must fail ({what})")
+        require(needle.lower() in p.stderr.lower(),
+                f"--set {sets[0]} failed for another reason: {first_error_line(p.stderr)}")
+    return f"{len(cases)} bad --set values rejected (typo, wrong type, enum, empty, sqlite)"
+
+
+# ---------------------------------------------------------------------------------
+# lint / template / validate
+
+
+def check_lint(chart, values):
+    cmd = [chart.helm, "lint", "--strict", chart.dir]
+    for v in values:
+        cmd += ["-f", v]
+    p = run(cmd)
+    out = p.stdout + p.stderr
+    require(p.returncode == 0, first_error_line(out))
+    warnings = [line for line in out.splitlines() if "[WARNING]" in line or "[ERROR]" in line]
+    require(not warnings, warnings[0] if warnings else "")
+    return "clean"
+
+
+def check_template(chart, values, sets=()):
+    docs = chart.render(values, sets)
+    seen = set()
+    for d in docs:
+        require("kind" in d and "metadata" in d, f"document without kind/metadata: {str(d)[:80]}")
+        key = (d["kind"], d["metadata"]["name"])
+        require(key not in seen, f"duplicate {key}")
+        seen.add(key)
+        require(d["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE,
+                f"{key} lacks the app.kubernetes.io/instance label")
+    kinds = sorted({d["kind"] for d in docs})
+    return f"{len(docs)} resources ({', '.join(kinds)})"
+
+
+def kubernetes_validate(docs, label):
+    kv = os.environ.get("KUBERNETES_VALIDATE") or shutil.which("kubernetes-validate")
+    require(kv, "kubernetes-validate not found")
+    core = [d for d in docs if d["kind"] not in CRD_KINDS]
+    require(core, "nothing to validate")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+        tmp = f.name
+    try:
+        p = run([kv, "--strict", "--quiet", "-k", K8S_VERSION, tmp])
+    finally:
+        os.unlink(tmp)
+    out = (p.stdout + p.stderr).strip()
+    require(p.returncode == 0, f"{label}: " + " | ".join(out.splitlines()[:4]))
+    skipped = len(docs) - len(core)
+    return f"{len(core)} resources valid for Kubernetes {K8S_VERSION}" + (f" ({skipped} CRD objects checked separately)" if skipped else "")
+
+
+def check_kubernetes_validate(chart, values, sets=()):
+    return kubernetes_validate(chart.render(values, sets), "kubernetes-validate")
+
+
+def check_kubernetes_validate_is_strict(chart):
+    docs = chart.render()
+    dep = copy.deepcopy(one(docs, "Deployment", f"{RELEASE}-consumer"))
+    dep["spec"]["template"]["spec"]["containers"][0]["livenessProbee"] = {}
+    try:
+        kubernetes_validate([dep], "mutant")
+    except CheckError:
+        return "a misspelled Deployment field is rejected"
+    raise CheckError("kubernetes-validate --strict accepted a misspelled field")
+
+
+# ---------------------------------------------------------------------------------
+# KEDA CRDs
+
+
+class CrdValidator:
+    def __init__(self, crd_dir):
+        self.schemas = {}
+        files = sorted(glob.glob(os.path.join(crd_dir, "*.yaml")))
+        require(files, f"no CRDs in {crd_dir}")
+        for path in files:
+            crd = yaml.safe_load(open(path))
+            group = crd["spec"]["group"]
+            kind = crd["spec"]["names"]["kind"]
+            for v in crd["spec"]["versions"]:
+                schema = copy.deepcopy(v["schema"]["openAPIV3Schema"])
+                self._close(schema, "")
+                self.schemas[(f"{group}/{v['name']}", kind)] = schema
+
+    def _close(self, node, path):
+        """Make every object with declared properties reject undeclared ones (the CRDs
+        leave additionalProperties unset, which the API server prunes silently)."""
+        if not isinstance(node, dict):
+            return
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            return
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for v in node.get("properties", {}).values():
+            self._close(v, path)
+        if isinstance(node.get("items"), dict):
+            self._close(node["items"], path)
+        if isinstance(node.get("additionalProperties"), dict):
+            self._close(node["additionalProperties"], path)
+        for kw in ("oneOf", "anyOf", "allOf"):
+            for sub in node.get(kw, []):
+                self._close(sub, path)
+
+    def errors(self, doc):
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key not in self.schemas:
+            return [f"no CRD schema for {key}"]
+        errs = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                for e in jsonschema.Draft7Validator(self.schemas[key]).iter_errors(doc)]
+        name = doc.get("metadata", {}).get("name", "")
+        if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name) or len(name) > 253:
+            errs.append(f"metadata.name {name!r} is not a DNS subdomain")
+        if doc["kind"] == "ScaledObject":
+            for i, t in enumerate(doc.get("spec", {}).get("triggers", [])):
+                if t.get("type") == "redis-streams":
+                    for k in t.get("metadata", {}):
+                        if k not in REDIS_STREAMS_METADATA:
+                            errs.append(f"spec/triggers/{i}/metadata: unknown redis-streams key {k!r}")
+        return errs
+
+
+def check_keda_crds(chart, crds, values, sets=()):
+    docs = chart.render(values, sets)
+    objs = [d for d in docs if d["kind"] in ("ScaledObject", "TriggerAuthentication")]
+    require(objs, "no KEDA objects rendered")
+    for d in objs:
+        errs = crds.errors(d)
+        require(not errs, f"{d['kind']}/{d['metadata']['name']}: " + "; ".join(errs[:5]))
+    return ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in objs) + " match the KEDA CRD schemas (strict)"
+
+
+def check_keda_validator_strict(chart, crds):
+    docs = chart.render([chart.values_file("ci/observability-values.yaml")])
+    so = one(docs, "ScaledObject")
+    ta = one(docs, "TriggerAuthentication")
+    require(not crds.errors(so) and not crds.errors(ta), "the unmodified objects do not validate")
+
+    def mutant(doc, fn):
+        d = copy.deepcopy(doc)
+        fn(d)
+        return d
+
+    cases = [
+        ("spec.pollingIntervall", mutant(so, lambda d: d["spec"].__setitem__("pollingIntervall", 5))),
+        ("spec.scaleTargetRef.nme", mutant(so, lambda d: d["spec"]["scaleTargetRef"].__setitem__("nme", "x"))),
+        ("triggers[0].authRef", mutant(so, lambda d: d["spec"]["triggers"][0].__setitem__("authRef", {"name": "x"}))),
+        ("metadata.consumerGroupp", mutant(so, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("consumerGroupp", "g"))),
+        ("minReplicaCount as string", mutant(so, lambda d: d["spec"].__setitem__("minReplicaCount", "1"))),
+        ("numeric trigger metadata", mutant(so, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("lagCount", 5))),
+        ("secretTargetRef[0].paramter", mutant(ta, lambda d: d["spec"]["secretTargetRef"][0].__setitem__("paramter", "password"))),
+    ]
+    for what, doc in cases:
+        require(crds.errors(doc), f"the strict KEDA validator accepted a mutant ({what})")
+    return f"{len(cases)} misspelled/mistyped KEDA fields rejected"
+
+
+def check_keda_wiring(chart, values, sets=()):
+    docs = chart.render(values, sets)
+    so = one(docs, "ScaledObject")
+    target = so["spec"]["scaleTargetRef"]
+    require(target.get("kind", "Deployment") == "Deployment", f"scaleTargetRef.kind is {target.get('kind')}")
+    dep = one(docs, "Deployment", target["name"])
+    require(dep["metadata"]["labels"].get("app.kubernetes.io/component") == "consumer",
+            f"scaleTargetRef {target['name']} is not the consumer Deployment")
+    require("replicas" not in dep["spec"], "consumer Deployment sets replicas although KEDA scales it")
+    container = pod_spec(dep)["containers"][0]
+    env = container_env(docs, pod_spec(dep), container)
+    stream, group = env.get("ROWPIPE_STREAM"), env.get("ROWPIPE_GROUP")
+    require(stream and group, "consumer has no ROWPIPE_STREAM/ROWPIPE_GROUP")
+    triggers = so["spec"]["triggers"]
+    require(all(t["type"] == "redis-streams" for t in triggers), "non redis-streams trigger")
+    for t in triggers:
+        md = t["metadata"]
+        require(md.get("stream") == stream, f"trigger {t.get('name')} stream {md.get('stream')!r} != ROWPIPE_STREAM {stream!r}")
+        require(md.get("consumerGroup") == group, f"trigger {t.get('name')} consumerGroup {md.get('consumerGroup')!r} != ROWPIPE_GROUP {group!r}")
+        require(md.get("address") or md.get("addressFromEnv") or md.get("host"), f"trigger {t.get('name')} has no address")
+        ref = t.get("authenticationRef")
+        if ref:
+            one(docs, "TriggerAuthentication", ref["name"])
+    lag = [t for t in triggers if "lagCount" in t["metadata"]]
+    pending = [t for t in triggers if "pendingEntriesCount" in t["metadata"]]
+    require(len(lag) == 1 and "activationLagCount" in lag[0]["metadata"], "no lagCount+activationLagCount trigger")
+    require(len(pending) == 1, "no pendingEntriesCount trigger")
+    # the migration creates the same stream and group
+    job = find(docs, "Job")
+    if job:
+        jenv = container_env(docs, pod_spec(job[0]), pod_spec(job[0])["containers"][0])
+        require((jenv.get("ROWPIPE_STREAM"), jenv.get("ROWPIPE_GROUP")) == (stream, group),
+                "the migration Job sees another stream/group than the consumer")
+    for ta in find(docs, "TriggerAuthentication"):
+        for ref in ta["spec"].get("secretTargetRef", []):
+            secret = find(docs, "Secret", ref["name"])
+            if secret:
+                require(ref["key"] in secret[0].get("data", {}), f"TriggerAuthentication key {ref['key']} not in Secret {ref['name']}")
+    return f"target {target['name']}, stream {stream!r}, group {group!r}, triggers lag+pending"
+
+
+def check_keda_off(chart, values):
+    docs = chart.render(values)
+    require(not find(docs, "ScaledObject") and not find(docs, "TriggerAuthentication"), "KEDA objects rendered with keda.enabled=false")
+    dep = one(docs, "Deployment", f"{RELEASE}-consumer")
+    require(isinstance(dep["spec"].get("replicas"), int), "consumer Deployment has no fixed replicas without KEDA")
+    return f"no ScaledObject, consumer replicas fixed at {dep['spec']['replicas']}"
+
+
+# ---------------------------------------------------------------------------------
+# migration hook
+
+
+def hook_info(doc):
+    ann = doc["metadata"].get("annotations") or {}
+    hooks = {h.strip() for h in ann.get("helm.sh/hook", "").split(",") if h.strip()}
+    weight = ann.get("helm.sh/hook-weight")
+    policy = {p.strip() for p in ann.get("helm.sh/hook-delete-policy", "").split(",") if p.strip()}
+    return hooks, weight, policy
+
+
+def check_migration_hook(chart, values, sets=()):
+    docs = chart.render(values, sets)
+    job = one(docs, "Job")
+    hooks, weight, policy = hook_info(job)
+    require({"pre-install", "pre-upgrade"} <= hooks, f"Job hooks are {sorted(hooks)}")
+    require(weight is not None and re.match(r"^-?\d+$", str(weight)), "Job has no integer helm.sh/hook-weight")
+    require({"before-hook-creation", "hook-succeeded"} <= policy, f"Job delete policy is {sorted(policy)}")
+    spec = pod_spec(job)
+    container = spec["containers"][0]
+    require(container.get("command", [""])[0] == "/usr/local/bin/rowpipe" and "migrate" in container.get("args", []),
+            "the Job does not run `rowpipe migrate`")
+    refs = set()
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        for src in c.get("envFrom", []):
+            if "configMapRef" in src:
+                refs.add(("ConfigMap", src["configMapRef"]["name"]))
+            if "secretRef" in src:
+                refs.add(("Secret", src["secretRef"]["name"]))
+        for e in c.get("env", []):
+            vf = e.get("valueFrom", {})
+            if "configMapKeyRef" in vf:
+                refs.add(("ConfigMap", vf["configMapKeyRef"]["name"]))
+            if "secretKeyRef" in vf:
+                refs.add(("Secret", vf["secretKeyRef"]["name"]))
+    for v in spec.get("volumes", []):
+        if "configMap" in v:
+            refs.add(("ConfigMap", v["configMap"]["name"]))
+        if "secret" in v:
+            refs.add(("Secret", v["secret"]["secretName"]))
+    require(refs, "the Job reads no ConfigMap/Secret")
+    hooked, external = [], []
+    for kind, name in sorted(refs):
+        found = find(docs, kind, name)
+        if not found:
+            external.append(f"{kind}/{name}")  # pre-existing (existingSecret)
+            continue
+        h, w, _ = hook_info(found[0])
+        require({"pre-install", "pre-upgrade"} <= h,
+                f"{kind}/{name} is read by the migration Job but is not a pre-install,pre-upgrade hook")
+        require(w is not None and int(w) < int(weight),
+                f"{kind}/{name} hook weight {w} is not lower than the Job's {weight}")
+        hooked.append(f"{kind}/{name}@{w}")
+    if external:
+        values_text = "".join(open(v).read() for v in values) + " ".join(sets)
+        for ref in external:
+            require(ref.split("/", 1)[1] in values_text, f"{ref} is neither rendered nor an existingSecret value")
+    return f"Job weight {weight}; hooks {', '.join(hooked) or '-'}; pre-existing {', '.join(external) or '-'}"
+
+
+# ---------------------------------------------------------------------------------
+# workload hardening
+
+
+def check_workloads(chart, values, sets=()):
+    docs = chart.render(values, sets)
+    workloads = find(docs, "Deployment") + find(docs, "Job")
+    require(len(find(docs, "Deployment")) == 2, "expected the upload and consumer Deployments")
+    for w in workloads:
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        spec = pod_spec(w)
+        psc = spec.get("securityContext", {})
+        require(psc.get("runAsNonRoot") is True, f"{name}: pod runAsNonRoot is not true")
+        require(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: seccompProfile is not RuntimeDefault")
+        for c in spec["containers"]:
+            sc = c.get("securityContext", {})
+            require(sc.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']}: root filesystem not read-only")
+            require(sc.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}: allowPrivilegeEscalation not false")
+            require("ALL" in sc.get("capabilities", {}).get("drop", []), f"{name}/{c['name']}: capabilities not dropped")
+            require(c.get("resources", {}).get("requests"), f"{name}/{c['name']}: no resource requests")
+            require(c["image"] and ":" in c["image"], f"{name}/{c['name']}: image without tag")
+        if w["kind"] == "Deployment":
+            c = spec["containers"][0]
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                require(c.get(probe, {}).get("httpGet", {}).get("path") == path, f"{name}: {probe} is not GET {path}")
+            component = w["metadata"]["labels"]["app.kubernetes.io/component"]
+            binary = f"/usr/local/bin/rowpipe-{component}"
+            require(c.get("command") == [binary], f"{name}: command is not {binary}")
+            env = container_env(docs, spec, c)
+            for var in ("REDIS_URL", "DATABASE_URL", "ROWPIPE_STREAM", "ROWPIPE_GROUP", "RUST_LOG", "ROWPIPE_LOG_FORMAT"):
+                require(var in env, f"{name}: {var} not set")
+            for var in ("REDIS_URL", "DATABASE_URL"):
+                require(isinstance(env[var], dict) and "secretKeyRef" in env[var], f"{name}: {var} not from a Secret")
+            if component == "consumer":
+                grace = int(env["ROWPIPE_SHUTDOWN_GRACE_SECS"])
+                tgps = spec.get("terminationGracePeriodSeconds", 30)
+                require(tgps > grace, f"{name}: terminationGracePeriodSeconds {tgps} <= drain {grace}")
+                require(env.get("ROWPIPE_METRICS_LISTEN", "").startswith("0.0.0.0:"), f"{name}: metrics not on 0.0.0.0")
+            else:
+                require(env.get("ROWPIPE_LISTEN", "").startswith("0.0.0.0:"), f"{name}: ROWPIPE_LISTEN not on 0.0.0.0")
+                if env.get("ROWPIPE_AUTH_DISABLED") != "true":
+                    path = env.get("ROWPIPE_AUTH_TOKENS_FILE")
+                    require(path, f"{name}: auth on but ROWPIPE_AUTH_TOKENS_FILE unset")
+                    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+                    vols = {v["name"]: v for v in spec.get("volumes", [])}
+                    ok = any(path.startswith(mp.rstrip("/") + "/") and "secret" in vols.get(n, {}) for n, mp in mounts.items())
+                    require(ok, f"{name}: {path} is not on a mounted Secret")
+    return f"{len(workloads)} workloads hardened, probed and wired"
+
+
+def check_pdb_spread(chart):
+    docs = chart.render()
+    for dep in find(docs, "Deployment"):
+        labels = dep["spec"]["selector"]["matchLabels"]
+        pdbs = [p for p in find(docs, "PodDisruptionBudget") if p["spec"]["selector"]["matchLabels"] == labels]
+        require(pdbs, f"no PodDisruptionBudget for {dep['metadata']['name']}")
+        tsc = pod_spec(dep).get("topologySpreadConstraints", [])
+        require(tsc and all(t["labelSelector"]["matchLabels"] == labels for t in tsc),
+                f"{dep['metadata']['name']}: topologySpreadConstraints missing or not matching its pods")
+    return "each Deployment has a PodDisruptionBudget and topologySpreadConstraints"
+
+
+def check_prometheus_rule(chart):
+    docs = chart.render([chart.values_file("ci/observability-values.yaml")])
+    rule = one(docs, "PrometheusRule")
+    alerts = {r.get("alert"): r for g in rule["spec"]["groups"] for r in g["rules"]}
+    require(REQUIRED_ALERTS <= set(alerts), f"missing alerts: {sorted(REQUIRED_ALERTS - set(alerts))}")
+    exprs = " ".join(str(r["expr"]) for r in alerts.values())
+    missing = [m for m in REQUIRED_ALERT_METRICS if m not in exprs]
+    require(not missing, f"metrics not used by any alert: {missing}")
+    sm = one(docs, "ServiceMonitor")
+    ports = {e["port"] for e in sm["spec"]["endpoints"]}
+    svc_ports = {p["name"] for s in find(docs, "Service") for p in s["spec"]["ports"]}
+    require(ports <= svc_ports, f"ServiceMonitor ports {ports} not on the Services ({svc_ports})")
+    one(docs, "Ingress")
+    return f"{len(alerts)} alerts; ServiceMonitor ports {sorted(ports)}"
+
+
+def check_rules_in_sync(root):
+    chart_copy = os.path.join(root, "charts/rowpipe/files/rowpipe.rules.yml")
+    canonical = os.path.join(root, "observability/alerts/rowpipe.rules.yml")
+    require(os.path.exists(chart_copy), "charts/rowpipe/files/rowpipe.rules.yml missing")
+    if not os.path.exists(canonical):
+        return "observability/alerts/rowpipe.rules.yml not present yet; chart copy used alone"
+    a, b = yaml.safe_load(open(chart_copy)), yaml.safe_load(open(canonical))
+    require(a == b, "charts/rowpipe/files/rowpipe.rules.yml differs from observability/alerts/rowpipe.rules.yml "
+                    "(copy the canonical file into the chart)")
+    return "chart copy equals observability/alerts/rowpipe.rules.yml"
+
+
+def check_network_policy(chart):
+    docs = chart.render([chart.values_file("ci/networkpolicy-values.yaml")])
+    nps = find(docs, "NetworkPolicy")
+    require(len(nps) == 3, f"expected 3 NetworkPolicies, got {len(nps)}")
+    pods = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in find(docs, "Deployment") + find(docs, "Job")}
+    for np in nps:
+        sel = np["spec"]["podSelector"]["matchLabels"]
+        matched = [c for c, w in pods.items() if all(w["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+        require(len(matched) == 1, f"NetworkPolicy {np['metadata']['name']} selects {matched}")
+        require(set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}, f"{np['metadata']['name']}: not both directions")
+        egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r.get("ports", [])}
+        require({53, 6379, 3306, 4317} <= egress_ports, f"{np['metadata']['name']}: egress ports {sorted(egress_ports)}")
+    return "3 policies (upload, consumer, migration), each selecting exactly its pods"
+
+
+# ---------------------------------------------------------------------------------
+# k8s/ dependencies
+
+
+def check_k8s_deps(root):
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    require(kubectl, "kubectl not found")
+    p = run([kubectl, "kustomize", os.path.join(root, "k8s")])
+    require(p.returncode == 0, f"kubectl kustomize k8s: {first_error_line(p.stderr)}")
+    docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for want in [("StatefulSet", "redis"), ("StatefulSet", "postgres"), ("Deployment", "jaeger"),
+                 ("Deployment", "otel-collector"), ("Service", "redis"), ("Service", "postgres"),
+                 ("Service", "jaeger"), ("Service", "otel-collector"), ("ConfigMap", "otel-collector")]:
+        require(want in names, f"k8s/ lacks {want[0]}/{want[1]}")
+    redis = one(docs, "StatefulSet", "redis")
+    args = " ".join(pod_spec(redis)["containers"][0].get("args", []))
+    require("--appendonly yes" in args and "--appendfsync everysec" in args, "redis lacks AOF (appendonly yes, appendfsync everysec)")
+    jaeger_ports = {p["port"] for p in one(docs, "Service", "jaeger")["spec"]["ports"]}
+    require({4317, 4318, 16686} <= jaeger_ports, f"jaeger Service ports {jaeger_ports}")
+    cfg = yaml.safe_load(one(docs, "ConfigMap", "otel-collector")["data"]["config.yaml"])
+    traces = cfg["service"]["pipelines"]["traces"]
+    require("otlp" in traces["receivers"] and "batch" in traces["processors"] and "otlp/jaeger" in traces["exporters"],
+            "collector pipeline is not otlp -> batch -> otlp/jaeger")
+    require(cfg["exporters"]["otlp/jaeger"]["endpoint"].startswith("jaeger:"), "otlp/jaeger does not point at the jaeger Service")
+    detail = kubernetes_validate(docs, "k8s/")
+    return f"kustomize build ok; Redis AOF; collector otlp->batch->otlp/jaeger; {detail}"
+
+
+# ---------------------------------------------------------------------------------
+# Tiltfile
+
+
+def check_tiltfile(root, chart):
+    import starlark as sl
+
+    path = os.path.join(root, "Tiltfile")
+    src = open(path).read()
+    try:
+        ast = sl.parse("Tiltfile", src, sl.Dialect.extended())
+    except Exception as e:
+        raise CheckError(f"Starlark parse error: {e}")
+
+    calls = []
+    files = []  # (path, what)
+    helm_calls = []
+
+    def listify(v):
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else list(v)
+
+    def rec(name, fn=None):
+        def f(*a, **k):
+            calls.append((name, a, k))
+            return fn(*a, **k) if fn else None
+        return f
+
+    def local_resource(name, cmd="", deps=None, **k):
+        for d in listify(deps):
+            files.append((d, f"local_resource({name!r}) deps"))
+        for tok in re.findall(r"@([\w./-]+)", cmd if isinstance(cmd, str) else " ".join(cmd)):
+            files.append((tok, f"local_resource({name!r}) cmd"))
+        return None
+
+    def docker_build(ref, context, dockerfile="Dockerfile", **k):
+        files.append((context, f"docker_build({ref!r}) context"))
+        files.append((dockerfile, f"docker_build({ref!r}) dockerfile"))
+
+    def kustomize(p, **k):
+        files.append((p, "kustomize"))
+        return "kustomize:" + p
+
+    def helm(p, name="", namespace="", values=None, set=None, **k):
+        files.append((p, "helm chart"))
+        for v in listify(values):
+            files.append((v, "helm values"))
+        helm_calls.append((p, listify(values), listify(set)))
+        return "helm:" + p
+
+    def watch_file(p):
+        files.append((p, "watch_file"))
+
+    def read_file(p, *a):
+        files.append((p, "read_file"))
+        return ""
+
+    def local(cmd, **k):
+        return ""
+
+    m = sl.Module()
+    stubs = {
+        "local_resource": rec("local_resource", local_resource),
+        "docker_build": rec("docker_build", docker_build),
+        "k8s_yaml": rec("k8s_yaml"),
+        "kustomize": rec("kustomize", kustomize),
+        "helm": rec("helm", helm),
+        "k8s_resource": rec("k8s_resource"),
+        "watch_file": rec("watch_file", watch_file),
+        "read_file": rec("read_file", read_file),
+        "local": rec("local", local),
+        "update_settings": rec("update_settings"),
+        "allow_k8s_contexts": rec("allow_k8s_contexts"),
+        "_config_define_bool": rec("config.define_bool"),
+        "_config_define_string": rec("config.define_string"),
+        "_config_parse": rec("config.parse", lambda: {}),
+    }
+    for n, f in stubs.items():
+        m.add_callable(n, f)
+    m["TRIGGER_MODE_MANUAL"] = 1
+    m["TRIGGER_MODE_AUTO"] = 0
+    globals_ = sl.Globals.extended_by([sl.LibraryExtension.StructType])
+    prelude = sl.parse("prelude", "config = struct(define_bool=_config_define_bool, "
+                                  "define_string=_config_define_string, parse=_config_parse)\n",
+                       sl.Dialect.extended())
+    sl.eval(m, prelude, globals_)
+    try:
+        sl.eval(m, ast, globals_)
+    except Exception as e:
+        raise CheckError(f"evaluation with stubbed Tilt builtins failed (unknown builtin?): {str(e)[:300]}")
+
+    missing = []
+    generated = []
+    for p, what in files:
+        rel = p
+        if rel.startswith(".rowpipe/"):
+            generated.append(rel)  # created by the Tiltfile itself (local('mkdir -p ...'))
+            continue
+        if not os.path.exists(os.path.join(root, rel)):
+            missing.append(f"{rel} ({what})")
+    require(not missing, "missing files: " + ", ".join(missing))
+
+    # Tilt resource names must be workloads of the rendered YAML or local resources.
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    workloads = set()
+    images = set()
+    p = run([kubectl, "kustomize", os.path.join(root, "k8s")])
+    require(p.returncode == 0, "kustomize k8s failed")
+    dep_docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    require(helm_calls, "the Tiltfile deploys no Helm chart")
+    for chart_path, values, sets in helm_calls:
+        docs = chart.render([os.path.join(root, v) for v in values], sets)
+        dep_docs += docs
+        for d in docs:
+            if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+                for c in pod_spec(d)["containers"]:
+                    images.add(c["image"].split(":")[0])
+    for d in dep_docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+            workloads.add(d["metadata"]["name"])
+    local_names = {a[0] for n, a, k in calls if n == "local_resource"}
+    known = workloads | local_names
+    forwards = []
+    for n, a, k in calls:
+        if n == "k8s_resource":
+            res = a[0] if a else k.get("workload")
+            require(res in workloads, f"k8s_resource({res!r}) matches no rendered workload ({sorted(workloads)})")
+            forwards += k.get("port_forwards", [])
+        if n in ("k8s_resource", "local_resource"):
+            for dep in k.get("resource_deps", []):
+                require(dep in known, f"resource_deps {dep!r} is no Tilt resource")
+    ports = {str(f).split(":")[0] for f in forwards}
+    require({"8080", "16686"} <= ports, f"port_forwards {sorted(ports)} lack 8080 or 16686")
+    built = {a[0] for n, a, k in calls if n == "docker_build"}
+    require(images and images <= built, f"chart images {sorted(images)} are not all built by docker_build {sorted(built)}")
+    buttons = [k for n, a, k in calls if n == "local_resource" and k.get("trigger_mode") == 1 and "curl" in str(k.get("cmd"))]
+    require(buttons, "no manual upload button (local_resource with TRIGGER_MODE_MANUAL running curl)")
+    return (f"parses as Starlark; {len(files)} file references exist ({len(generated)} generated under .rowpipe/); "
+            f"{len([c for c in calls if c[0] == 'k8s_resource'])} k8s_resource names match workloads")
+
+
+# ---------------------------------------------------------------------------------
+# Dockerfiles / compose
+
+
+def check_hadolint(root, name):
+    hadolint = os.environ.get("HADOLINT") or shutil.which("hadolint")
+    require(hadolint and os.path.exists(hadolint), "hadolint not found")
+    p = run([hadolint, "--no-color", os.path.join(root, name)])
+    require(p.returncode == 0, (p.stdout + p.stderr).strip().replace("\n", " | ")[:400])
+    return "hadolint clean"
+
+
+def dockerfile_stages(text):
+    return {m.group(2): m.group(1) for m in re.finditer(r"(?im)^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text) if m.group(2)}
+
+
+def check_dockerfile(root):
+    text = open(os.path.join(root, "Dockerfile")).read()
+    stages = dockerfile_stages(text)
+    for t in ("builder", "upload", "consumer", "cli"):
+        require(t in stages, f"Dockerfile has no stage {t!r}")
+    require(re.search(r"(?m)^ARG RUST_IMAGE=rust:1-bookworm$", text), "builder is not rust:1-bookworm")
+    require(not re.search(r"(?im)^HEALTHCHECK", text), "Dockerfile has a HEALTHCHECK")
+    for target, binary in (("upload", "rowpipe-upload"), ("consumer", "rowpipe-consumer"), ("cli", "rowpipe")):
+        block = text.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+        require(f"/usr/local/bin/{binary}" in block, f"target {target} does not install /usr/local/bin/{binary}")
+        require(stages[target] == "runtime", f"target {target} is not based on the runtime stage")
+    runtime = text.split(" AS runtime\n", 1)[1].split("\nFROM ", 1)[0]
+    require(re.search(r"(?m)^USER 65532", runtime), "runtime stage does not switch to a non-root user")
+    require("--mount=type=cache" in text and "skeleton" in text, "no dependency caching (skeleton stage / cache mounts)")
+    ignore = open(os.path.join(root, ".dockerignore")).read().split()
+    require("*" in ignore and "**/target/" in ignore, ".dockerignore does not exclude everything but the sources")
+    return "stages " + ", ".join(sorted(stages)) + "; non-root runtime; no HEALTHCHECK"
+
+
+def check_compose(root):
+    doc = yaml.safe_load(open(os.path.join(root, "docker-compose.yml")))
+    services = doc["services"]
+    for s in ("redis", "postgres", "jaeger", "migrate", "upload"):
+        require(s in services, f"docker-compose.yml lacks {s}")
+    consumers = [n for n, s in services.items() if s.get("build", {}).get("target") == "consumer"]
+    require(len(consumers) == 3, f"expected three consumers, found {consumers}")
+    stages = dockerfile_stages(open(os.path.join(root, "Dockerfile")).read())
+    for n, s in services.items():
+        if "build" in s:
+            require(s["build"]["target"] in stages, f"{n}: target {s['build']['target']} not in the Dockerfile")
+    cmd = " ".join(services["redis"]["command"])
+    require("--appendonly yes" in cmd and "--appendfsync everysec" in cmd, "redis lacks AOF")
+    require(services["migrate"]["build"]["target"] == "cli" and services["migrate"]["command"] == ["migrate"], "migrate is not `rowpipe migrate`")
+    for n in ["upload"] + consumers:
+        dep = services[n].get("depends_on", {}).get("migrate", {})
+        require(dep.get("condition") == "service_completed_successfully", f"{n} does not wait for the migration")
+    return f"{len(services)} services, 3 consumers, migrate runs first"
+
+
+# ---------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    args = ap.parse_args()
+    root = os.path.abspath(args.root)
+    os.chdir(root)
+
+    r = Runner()
+    chart = Chart(root)
+    v = chart.values_file
+    helm_version = run([chart.helm, "version", "--short"]).stdout.strip()
+    print(f"chart checks with {chart.helm} ({helm_version}), Kubernetes schemas {K8S_VERSION}", flush=True)
+
+    ci_sets = sorted(glob.glob(v("ci/*-values.yaml")))
+    require(len(ci_sets) >= 3, "need at least 3 ci/*-values.yaml")
+    value_sets = [("default", [])] + [(os.path.relpath(f, chart.dir), [f]) for f in ci_sets] + \
+                 [("values-dev.yaml", [v("values-dev.yaml")])]
+
+    r.check("values.yaml: every key documented", check_values_documented, chart)
+    r.check("values.yaml <-> values.schema.json keys", check_values_match_schema, chart)
+    r.check("values.schema.json: additionalProperties false everywhere", check_schema_strict, chart)
+    r.check("values.schema.json: rejects bad values", check_schema_rejects, chart)
+
+    crds = None
+    try:
+        crds = CrdValidator(os.path.join(chart.dir, "ci", "crds"))
+    except Exception as e:
+        r.failed += 1
+        print(f"FAIL KEDA CRD schemas load: {e}")
+    if crds:
+        r.check("KEDA validator rejects misspelled fields", check_keda_validator_strict, chart, crds)
+    r.check("kubernetes-validate --strict rejects misspelled fields", check_kubernetes_validate_is_strict, chart)
+
+    for label, values in value_sets:
+        r.check(f"[{label}] helm lint --strict", check_lint, chart, values)
+        if not r.check(f"[{label}] helm template", check_template, chart, values):
+            continue
+        r.check(f"[{label}] kubernetes-validate --strict", check_kubernetes_validate, chart, values)
+        r.check(f"[{label}] workloads: security, probes, env", check_workloads, chart, values)
+        docs = chart.render(values)
+        if find(docs, "ScaledObject"):
+            if crds:
+                r.check(f"[{label}] KEDA objects vs CRD schemas", check_keda_crds, chart, crds, values)
+            r.check(f"[{label}] ScaledObject wiring", check_keda_wiring, chart, values)
+        else:
+            r.check(f"[{label}] consumer without KEDA", check_keda_off, chart, values)
+        if find(docs, "Job"):
+            r.check(f"[{label}] migration hook", check_migration_hook, chart, values)
+
+    custom = ["stream.name=invoices:rows", "stream.group=invoice-writers"]
+    r.check("[--set stream.name/group] ScaledObject wiring", check_keda_wiring, chart, [], custom)
+    if crds:
+        r.check("[--set stream.name/group] KEDA objects vs CRD schemas", check_keda_crds, chart, crds, [], custom)
+    r.check("[--set migration.databaseUrl] migration hook", check_migration_hook, chart, [],
+            ["migration.databaseUrl=postgres://owner:pw@db:5432/rowpipe"])
+    r.check("[--set database.existingSecret] migration hook", check_migration_hook, chart, [],
+            ["database.existingSecret=pre-existing-db", "database.url="])
+    r.check("PodDisruptionBudgets + topologySpreadConstraints", check_pdb_spread, chart)
+    r.check("PrometheusRule alerts + ServiceMonitor + Ingress", check_prometheus_rule, chart)
+    r.check("alert rules copy in sync", check_rules_in_sync, root)
+    r.check("NetworkPolicies", check_network_policy, chart)
+    r.check("k8s/ dependencies (kustomize + kubernetes-validate)", check_k8s_deps, root)
+    r.check("Tiltfile", check_tiltfile, root, chart)
+    r.check("Dockerfile structure", check_dockerfile, root)
+    r.check("hadolint Dockerfile", check_hadolint, root, "Dockerfile")
+    r.check("hadolint Dockerfile.tilt", check_hadolint, root, "Dockerfile.tilt")
+    r.check("docker-compose.yml", check_compose, root)
+
+    print(f"chart checks: {r.passed} passed, {r.failed} failed", flush=True)
+    return 1 if r.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
