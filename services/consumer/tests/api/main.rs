@@ -1,0 +1,10 @@
+//! End-to-end tests: the upload service in-process on a random port, the
+//! real `rowpipe-consumer` binary as separate processes, real Redis and
+//! each real database. One binary, one module per concern.
+
+mod delivery;
+mod pipeline;
+mod validation;
+
+/// Path of the consumer binary built for this test run.
+pub const CONSUMER_BIN: &str = env!("CARGO_BIN_EXE_rowpipe-consumer");

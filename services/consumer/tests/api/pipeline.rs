@@ -1,0 +1,99 @@
+//! The walking skeleton: files go in, one contact per email comes out.
+
+use std::time::Duration;
+
+use rowpipe_testkit::{Backend, generate_contacts, spawn_app};
+
+use crate::CONSUMER_BIN;
+
+async fn three_consumer_processes_store_each_email_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let file = generate_contacts(20_000, 12, 2, 42);
+    let mut consumers: Vec<_> = (0..3)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &[]))
+        .collect();
+
+    let id = app.upload_ok(file.csv.clone()).await;
+    let status = app.wait_completed(&id, Duration::from_secs(240)).await;
+
+    let dump = app.contacts_dump().await;
+    let emails: Vec<&String> = dump.iter().map(|r| &r.0).collect();
+    let expected: Vec<&String> = file.distinct.iter().collect();
+    assert_eq!(
+        emails, expected,
+        "the table holds exactly the distinct valid emails"
+    );
+    let counts = &status["counts"];
+    assert_eq!(counts["read"], 20_000);
+    assert_eq!(
+        counts["inserted"].as_u64(),
+        Some(file.distinct.len() as u64)
+    );
+    assert_eq!(counts["rejected"].as_u64(), Some(file.invalid as u64));
+    assert_eq!(
+        counts["inserted"].as_i64().unwrap_or(0)
+            + counts["duplicates"].as_i64().unwrap_or(0)
+            + counts["rejected"].as_i64().unwrap_or(0),
+        20_000,
+        "read = inserted + duplicates + rejected: {status}"
+    );
+    assert_eq!(app.pending().await, 0, "nothing left pending");
+    for c in consumers.iter_mut() {
+        c.kill().await;
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumer_processes_store_each_email_once_on_sqlite() {
+    three_consumer_processes_store_each_email_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumer_processes_store_each_email_once_on_postgres() {
+    three_consumer_processes_store_each_email_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumer_processes_store_each_email_once_on_mysql() {
+    three_consumer_processes_store_each_email_once(Backend::MySql).await;
+}
+
+async fn a_second_upload_of_the_same_file_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let file = generate_contacts(3_000, 15, 3, 7);
+    let mut consumer = app.spawn_consumer(CONSUMER_BIN, &[]);
+
+    let first = app.upload_ok(file.csv.clone()).await;
+    app.wait_completed(&first, Duration::from_secs(120)).await;
+    let before = app.contacts_dump().await;
+
+    let second = app.upload_ok(file.csv.clone()).await;
+    assert_ne!(first, second);
+    let status = app.wait_completed(&second, Duration::from_secs(120)).await;
+    let after = app.contacts_dump().await;
+
+    assert_eq!(before, after, "the second upload left the table unchanged");
+    assert_eq!(status["counts"]["inserted"], 0);
+    assert_eq!(
+        status["counts"]["duplicates"].as_u64(),
+        Some((file.rows - file.invalid) as u64)
+    );
+    consumer.kill().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upload_of_the_same_file_changes_nothing_on_sqlite() {
+    a_second_upload_of_the_same_file_changes_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upload_of_the_same_file_changes_nothing_on_postgres() {
+    a_second_upload_of_the_same_file_changes_nothing(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upload_of_the_same_file_changes_nothing_on_mysql() {
+    a_second_upload_of_the_same_file_changes_nothing(Backend::MySql).await;
+}
