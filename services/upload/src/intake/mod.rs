@@ -79,6 +79,8 @@ pub enum IntakeError {
         "no column of the first row looks like an email address; name it with ?email_column= (1-based position)"
     )]
     NoEmailInFirstRow,
+    #[error("the file is empty: a header row with an email column is expected")]
+    Empty,
 }
 
 /// Longest original field kept in a reject entry (the ledger stays small).
@@ -157,7 +159,11 @@ impl Intake {
     pub fn finish(&mut self, out: &mut Vec<IntakeRow>) -> Result<(), IntakeError> {
         let mut text = std::mem::take(&mut self.text);
         self.decoder.finish(&mut text);
-        self.parse(&text, true, out)
+        self.parse(&text, true, out)?;
+        if self.columns.is_none() {
+            return Err(IntakeError::Empty);
+        }
+        Ok(())
     }
 
     fn parse(

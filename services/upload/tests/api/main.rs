@@ -1,0 +1,5 @@
+//! rowpipe-upload's tests: the intake corpus (pure, no services) and the
+//! HTTP API against real Redis and a real database.
+
+mod http;
+mod intake_corpus;
