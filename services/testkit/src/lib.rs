@@ -413,6 +413,25 @@ pub struct Generated {
     pub distinct: BTreeSet<String>,
     pub rows: usize,
     pub invalid: usize,
+    /// The email field of each row, in file order.
+    pub emails: Vec<String>,
+}
+
+impl Generated {
+    /// What the table must hold after loading `files` in this order: for each
+    /// normalized email, the (file index, row number) of its first row.
+    pub fn oracle(files: &[&Generated]) -> std::collections::BTreeMap<String, (usize, i64)> {
+        let mut out = std::collections::BTreeMap::new();
+        for (f, file) in files.iter().enumerate() {
+            for (i, raw) in file.emails.iter().enumerate() {
+                if let Some(key) = rowpipe_core::validate::normalize_email(raw, Default::default())
+                {
+                    out.entry(key).or_insert((f, i as i64 + 1));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `rows` rows of `name,email` with about `dup_percent`% duplicate emails
@@ -429,6 +448,7 @@ pub fn generate_contacts(
     let mut emails: Vec<String> = Vec::new();
     let mut distinct = BTreeSet::new();
     let mut invalid = 0;
+    let mut all = Vec::with_capacity(rows);
     for i in 0..rows {
         let roll = rng.random_range(0..100);
         let (name, email) = if roll < invalid_percent {
@@ -458,12 +478,14 @@ pub fn generate_contacts(
         csv.push(',');
         csv.push_str(&email);
         csv.push('\n');
+        all.push(email);
     }
     Generated {
         csv: csv.into_bytes(),
         distinct,
         rows,
         invalid,
+        emails: all,
     }
 }
 
@@ -493,4 +515,93 @@ pub fn require_binary(name: &str) -> anyhow::Result<()> {
         bail!("{name} is not installed: run the suite through scripts/test, which installs it");
     }
     Ok(())
+}
+
+/// A TCP proxy the test can cut, to take a database "down" and bring it back
+/// without touching the real server.
+pub struct ToggleProxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl ToggleProxy {
+    /// Forward 127.0.0.1:<random> to `target` (host:port).
+    pub async fn start(target: String) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (up2, links2) = (up.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut l) = links2.lock() {
+                    l.retain(|h| !h.is_finished());
+                    l.push(link);
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            up,
+            links,
+            accept,
+        })
+    }
+
+    /// Cut every connection and refuse new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut l) = self.links.lock() {
+            for h in l.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    /// Accept connections again.
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for ToggleProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+/// host:port of a database URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_string()
+}
+
+/// The same URL pointing at another port on 127.0.0.1.
+pub fn via_port(url: &str, port: u16) -> String {
+    let hp = host_port(url);
+    url.replacen(&hp, &format!("127.0.0.1:{port}"), 1)
+}
+
+/// Acknowledged entries of a group so far (delivered minus pending).
+pub async fn acknowledged(con: &mut ConnectionManager, stream: &str, group: &str) -> u64 {
+    use redis::AsyncTypedCommands;
+    let groups = con.xinfo_groups(stream).await.expect("XINFO GROUPS").groups;
+    let g = groups.into_iter().find(|g| g.name == group).expect("group");
+    (g.entries_read.unwrap_or(0) as u64).saturating_sub(g.pending as u64)
 }

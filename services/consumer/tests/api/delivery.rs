@@ -1,1 +1,370 @@
+//! The consumer's guarantees under many processes, crashes and outages:
+//! nothing lost, same result every time.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rowpipe_testkit::{
+    Backend, Generated, TestApp, ToggleProxy, acknowledged, eventually, generate_contacts,
+    spawn_app, via_port,
+};
+
+use crate::CONSUMER_BIN;
+
+/// The table as (email → (upload index, row number)), upload ids mapped to
+/// their position in `ids`.
+async fn table(app: &TestApp, ids: &[String]) -> BTreeMap<String, (usize, i64)> {
+    app.contacts_dump()
+        .await
+        .into_iter()
+        .map(|(email, _, _, upload, row)| {
+            let idx = ids.iter().position(|i| *i == upload).expect("known upload");
+            (email, (idx, row))
+        })
+        .collect()
+}
+
+/// Upload `a`, and `b` as soon as `a` has been accepted (so they overlap).
+async fn two_overlapping_uploads(app: &TestApp, a: &Generated, b: &Generated) -> Vec<String> {
+    let first = {
+        let (app_ref, body) = (app, a.csv.clone());
+        async move { app_ref.upload_ok(body).await }
+    };
+    let second = async {
+        eventually(
+            Duration::from_secs(30),
+            "the first upload to be accepted",
+            || async {
+                app.store
+                    .list_uploads(5)
+                    .await
+                    .map(|l| !l.is_empty())
+                    .unwrap_or(false)
+            },
+        )
+        .await;
+        app.upload_ok(b.csv.clone()).await
+    };
+    let (ida, idb) = tokio::join!(first, second);
+    vec![ida, idb]
+}
+
+async fn run_with_consumers(
+    backend: Backend,
+    consumers: usize,
+    a: &Generated,
+    b: &Generated,
+) -> (
+    BTreeMap<String, (usize, i64)>,
+    Vec<(String, String, Option<String>, i64)>,
+) {
+    let app = spawn_app(backend).await;
+    let mut procs: Vec<_> = (0..consumers)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &[("ROWPIPE_BATCH_SIZE", "500")]))
+        .collect();
+    let ids = two_overlapping_uploads(&app, a, b).await;
+    for id in &ids {
+        app.wait_completed(id, Duration::from_secs(600)).await;
+    }
+    let t = table(&app, &ids).await;
+    let full: Vec<_> = app
+        .contacts_dump()
+        .await
+        .into_iter()
+        .map(|(email, raw, name, upload, row)| {
+            let idx = ids.iter().position(|i| *i == upload).unwrap_or(99);
+            (email, raw, name, (idx as i64) * 1_000_000_000 + row)
+        })
+        .collect();
+    assert_eq!(app.pending().await, 0);
+    for p in procs.iter_mut() {
+        p.kill().await;
+    }
+    app.cleanup().await;
+    (t, full)
+}
+
+async fn one_and_six_consumers_leave_identical_tables(backend: Backend) {
+    let a = generate_contacts(50_000, 20, 2, 1001);
+    let b = generate_contacts(50_000, 20, 2, 1001 + 1);
+    let expected = Generated::oracle(&[&a, &b]);
+    let (one, one_full) = run_with_consumers(backend, 1, &a, &b).await;
+    let (six, six_full) = run_with_consumers(backend, 6, &a, &b).await;
+    assert_eq!(
+        one, expected,
+        "1 consumer: the table follows the first-row-wins rule"
+    );
+    assert_eq!(
+        six, expected,
+        "6 consumers: the table follows the first-row-wins rule"
+    );
+    assert!(
+        one_full == six_full,
+        "1 and 6 consumers left different tables"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_and_six_consumers_leave_identical_tables_on_sqlite() {
+    one_and_six_consumers_leave_identical_tables(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_and_six_consumers_leave_identical_tables_on_postgres() {
+    one_and_six_consumers_leave_identical_tables(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_and_six_consumers_leave_identical_tables_on_mysql() {
+    one_and_six_consumers_leave_identical_tables(Backend::MySql).await;
+}
+
+async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
+    let file = generate_contacts(100_000, 20, 2, 77);
+    let expected = Generated::oracle(&[&file]);
+    let app = spawn_app(backend).await;
+    let env = [
+        ("ROWPIPE_CLAIM_IDLE_MS", "1500"),
+        ("ROWPIPE_BATCH_SIZE", "500"),
+    ];
+    let mut procs: Vec<_> = (0..3)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &env))
+        .collect();
+    let id = app.upload_ok(file.csv.clone()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut kills = 0;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
+        if app.status(&id).await["status"] == "completed" {
+            break;
+        }
+        let victim = rng.random_range(0..procs.len());
+        procs[victim].kill().await; // SIGKILL: no chance to finish or ack
+        kills += 1;
+        procs[victim] = app.spawn_consumer(CONSUMER_BIN, &env);
+    }
+    assert!(
+        kills > 0,
+        "the ingest finished before any consumer was killed"
+    );
+    let status = app.wait_completed(&id, Duration::from_secs(600)).await;
+    let c = &status["counts"];
+    assert_eq!(c["read"], 100_000);
+    assert_eq!(
+        c["inserted"].as_i64().unwrap_or(0)
+            + c["duplicates"].as_i64().unwrap_or(0)
+            + c["rejected"].as_i64().unwrap_or(0),
+        100_000,
+        "every row accounted for exactly once: {status}"
+    );
+    assert_eq!(c["rejected"].as_u64(), Some(file.invalid as u64));
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    eventually(Duration::from_secs(30), "nothing pending", || async {
+        app.pending().await == 0
+    })
+    .await;
+    for p in procs.iter_mut() {
+        p.kill().await;
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_at_random_lose_nothing_on_sqlite() {
+    consumers_killed_at_random_lose_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_at_random_lose_nothing_on_postgres() {
+    consumers_killed_at_random_lose_nothing(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_at_random_lose_nothing_on_mysql() {
+    consumers_killed_at_random_lose_nothing(Backend::MySql).await;
+}
+
+async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend) {
+    let file = generate_contacts(30_000, 10, 2, 9);
+    let expected = Generated::oracle(&[&file]);
+    let app = spawn_app(backend).await;
+    let env = [
+        ("ROWPIPE_SHUTDOWN_GRACE_SECS", "10"),
+        ("ROWPIPE_CLAIM_IDLE_MS", "1500"),
+    ];
+    let mut first = app.spawn_consumer(CONSUMER_BIN, &env);
+    let id = app.upload_ok(file.csv.clone()).await;
+    eventually(Duration::from_secs(60), "the ingest to start", || async {
+        app.status(&id).await["counts"]["processed"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let started = std::time::Instant::now();
+    first.sigterm();
+    let exit = tokio::time::timeout(Duration::from_secs(12), first.wait())
+        .await
+        .expect("exited within the grace period")
+        .expect("wait");
+    assert!(exit.success(), "SIGTERM exit status {exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(11));
+    let mut second = app.spawn_consumer(CONSUMER_BIN, &env);
+    app.wait_completed(&id, Duration::from_secs(300)).await;
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(app.pending().await, 0);
+    second.kill().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero_within_the_grace_period_on_postgres() {
+    sigterm_drains_and_exits_zero_within_the_grace_period(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero_within_the_grace_period_on_sqlite() {
+    sigterm_drains_and_exits_zero_within_the_grace_period(Backend::Sqlite).await;
+}
+
+/// A trigger that makes the insert of one email fail, in each dialect.
+fn poison_trigger(backend: Backend) -> Vec<&'static str> {
+    match backend {
+        Backend::Postgres => vec![
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+        Backend::MySql => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW BEGIN IF NEW.email = 'poison@example.com' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF; END",
+        ],
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts WHEN NEW.email = 'poison@example.com' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        ],
+    }
+}
+
+async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for sql in poison_trigger(backend) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(app.store.pool())
+            .await
+            .expect("create trigger");
+    }
+    let mut csv = String::from("name,email\n");
+    for i in 1..=200 {
+        if i == 57 {
+            csv.push_str("Poison,poison@example.com\n");
+        } else {
+            csv.push_str(&format!("P{i},p{i}@example.com\n"));
+        }
+    }
+    let env = [
+        ("ROWPIPE_MAX_DELIVERIES", "3"),
+        ("ROWPIPE_CLAIM_IDLE_MS", "300"),
+        ("ROWPIPE_WORKERS", "1"),
+    ];
+    let mut consumer = app.spawn_consumer(CONSUMER_BIN, &env);
+    let id = app.upload_ok(csv.into_bytes()).await;
+    let status = app.wait_completed(&id, Duration::from_secs(120)).await;
+    assert_eq!(status["counts"]["inserted"], 199, "{status}");
+    assert_eq!(status["counts"]["rejected"], 1);
+    assert_eq!(
+        status["counts"]["rejected_by_reason"]["processing_failed"],
+        1
+    );
+    let mut con = app.redis.clone();
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(format!("{}:dead", app.stream))
+        .query_async(&mut con)
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 1, "one entry in the dead-letter stream");
+    let rejects = app
+        .client
+        .get(format!("{}/v1/uploads/{id}/rejects", app.address))
+        .bearer_auth(rowpipe_testkit::TOKEN)
+        .send()
+        .await
+        .expect("rejects")
+        .text()
+        .await
+        .expect("text");
+    let line = rejects.lines().nth(1).unwrap_or("");
+    assert!(line.starts_with("57,processing_failed,"), "{rejects}");
+    assert!(line.contains("poisoned row"), "{line}");
+    assert_eq!(app.pending().await, 0);
+    consumer.kill().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_sqlite() {
+    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_postgres() {
+    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_mysql() {
+    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::MySql).await;
+}
+
+async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
+    let file = generate_contacts(40_000, 15, 2, 31);
+    let expected = Generated::oracle(&[&file]);
+    let app = spawn_app(backend).await;
+    let proxy = ToggleProxy::start(rowpipe_testkit::host_port(&app.db.url))
+        .await
+        .expect("proxy");
+    let url = via_port(&app.db.url, proxy.port);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("ROWPIPE_BATCH_SIZE", "200"),
+    ];
+    let mut procs: Vec<_> = (0..2)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &env))
+        .collect();
+    let id = app.upload_ok(file.csv.clone()).await;
+    eventually(Duration::from_secs(60), "the ingest to start", || async {
+        app.status(&id).await["counts"]["processed"]
+            .as_i64()
+            .unwrap_or(0)
+            > 2000
+    })
+    .await;
+    proxy.down();
+    // Batches committed just before the cut may still be acknowledged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut con = app.redis.clone();
+    let acked_at_cut = acknowledged(&mut con, &app.stream, &app.group).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let acked_after = acknowledged(&mut con, &app.stream, &app.group).await;
+    assert_eq!(
+        acked_at_cut, acked_after,
+        "entries were acknowledged while the database was down"
+    );
+    assert_ne!(app.status(&id).await["status"], "completed");
+    proxy.up();
+    app.wait_completed(&id, Duration::from_secs(300)).await;
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(app.pending().await, 0);
+    for p in procs.iter_mut() {
+        p.kill().await;
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_acknowledges_nothing_and_recovers_on_postgres() {
+    a_database_outage_acknowledges_nothing_and_recovers(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_acknowledges_nothing_and_recovers_on_mysql() {
+    a_database_outage_acknowledges_nothing_and_recovers(Backend::MySql).await;
+}
