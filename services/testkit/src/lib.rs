@@ -150,6 +150,7 @@ pub const TOKEN: &str = "test-token";
 /// database and stream.
 pub struct TestApp {
     pub address: String,
+    pub redis_url: String,
     pub db: TestDb,
     pub stream: String,
     pub group: String,
@@ -165,6 +166,8 @@ pub struct TestApp {
 pub struct AppOptions {
     pub max_backlog: u64,
     pub max_body_bytes: u64,
+    /// A Redis of the test's own (default: the shared one).
+    pub redis_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -172,6 +175,7 @@ impl Default for AppOptions {
         Self {
             max_backlog: 200_000,
             max_body_bytes: 8 * 1024 * 1024 * 1024,
+            redis_url: None,
         }
     }
 }
@@ -191,20 +195,21 @@ async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<
     let db = TestDb::create(backend).await?;
     let stream = fresh_stream();
     let group = "rowpipe-consumers".to_string();
+    let redis_url = options.redis_url.clone().unwrap_or_else(crate::redis_url);
     let database = DatabaseConfig {
         database_url: db.url.clone(),
         db_max_connections: 8,
     };
     let store = Store::connect(&database).await?;
     store.migrate().await?;
-    let redis = rowpipe_core::stream::connect(&redis_url())
+    let redis = rowpipe_core::stream::connect(&redis_url)
         .await
         .with_context(|| {
             "cannot reach Redis: set REDIS_URL or run the suite through scripts/test".to_string()
         })?;
     let config = rowpipe_upload::config::Config {
         stream: StreamConfig {
-            redis_url: redis_url(),
+            redis_url: redis_url.clone(),
             stream: stream.clone(),
             group: group.clone(),
         },
@@ -231,6 +236,7 @@ async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<
     let server = tokio::spawn(app.run_until_stopped());
     Ok(TestApp {
         address,
+        redis_url,
         db,
         stream,
         group,
@@ -320,7 +326,7 @@ impl TestApp {
     pub fn consumer_env(&self) -> Vec<(String, String)> {
         vec![
             ("DATABASE_URL".into(), self.db.url.clone()),
-            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_URL".into(), self.redis_url.clone()),
             ("ROWPIPE_STREAM".into(), self.stream.clone()),
             ("ROWPIPE_GROUP".into(), self.group.clone()),
             ("ROWPIPE_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
@@ -385,10 +391,16 @@ impl TestApp {
     /// Entries delivered to the group but not acknowledged.
     pub async fn pending(&self) -> u64 {
         let mut con = self.redis.clone();
-        rowpipe_core::stream::backlog(&mut con, &self.stream, &self.group)
-            .await
-            .expect("backlog")
-            .pending
+        // After a Redis restart the first command on a connection fails
+        // while it reconnects.
+        for _ in 0..5 {
+            if let Ok(b) = rowpipe_core::stream::backlog(&mut con, &self.stream, &self.group).await
+            {
+                return b.pending;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("cannot read the group's backlog from Redis");
     }
 
     /// Stop the upload service and remove the test's database and stream.
@@ -604,4 +616,96 @@ pub async fn acknowledged(con: &mut ConnectionManager, stream: &str, group: &str
     let groups = con.xinfo_groups(stream).await.expect("XINFO GROUPS").groups;
     let g = groups.into_iter().find(|g| g.name == group).expect("group");
     (g.entries_read.unwrap_or(0) as u64).saturating_sub(g.pending as u64)
+}
+
+/// A redis-server of the test's own, with AOF persistence, that can be
+/// restarted on the same port and data directory.
+pub struct OwnRedis {
+    pub port: u16,
+    pub url: String,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> anyhow::Result<Self> {
+        require_binary("redis-server")?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let dir =
+            std::env::temp_dir().join(format!("rowpipe-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let mut me = Self {
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            dir,
+            child: None,
+        };
+        me.spawn().await?;
+        Ok(me)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = redis::Client::open(self.url.as_str())
+                && let Ok(mut con) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("redis-server did not start on port {}", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stop (SHUTDOWN: the AOF is flushed) and start again on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut con) = client.get_multiplexed_async_connection().await
+        {
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut con).await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+        self.spawn().await
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

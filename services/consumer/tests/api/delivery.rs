@@ -368,3 +368,113 @@ async fn a_database_outage_acknowledges_nothing_and_recovers_on_postgres() {
 async fn a_database_outage_acknowledges_nothing_and_recovers_on_mysql() {
     a_database_outage_acknowledges_nothing_and_recovers(Backend::MySql).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_ingest_loses_no_acknowledged_row() {
+    let mut redis = rowpipe_testkit::OwnRedis::start()
+        .await
+        .expect("own redis-server");
+    let app = rowpipe_testkit::spawn_app_with(
+        Backend::Sqlite,
+        rowpipe_testkit::AppOptions {
+            redis_url: Some(redis.url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let file = generate_contacts(60_000, 15, 2, 61);
+    let expected = Generated::oracle(&[&file]);
+    let mut procs: Vec<_> = (0..2)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &[("ROWPIPE_CLAIM_IDLE_MS", "1500")]))
+        .collect();
+    let upload = {
+        let body = file.csv.clone();
+        let app = &app;
+        async move { app.upload_ok(body).await }
+    };
+    let restart = async {
+        eventually(Duration::from_secs(60), "the ingest to start", || async {
+            app.store
+                .list_uploads(1)
+                .await
+                .ok()
+                .and_then(|l| l.first().map(|u| u.counts.processed > 0))
+                .unwrap_or(false)
+        })
+        .await;
+        redis.restart().await.expect("restart redis");
+    };
+    let (id, ()) = tokio::join!(upload, restart);
+    let status = app.wait_completed(&id, Duration::from_secs(300)).await;
+    assert_eq!(status["counts"]["read"], 60_000);
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    eventually(Duration::from_secs(30), "nothing pending", || async {
+        app.pending().await == 0
+    })
+    .await;
+    for p in procs.iter_mut() {
+        p.kill().await;
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_group_makes_a_large_upload_wait_within_the_backlog_bound() {
+    let app = rowpipe_testkit::spawn_app_with(
+        Backend::Sqlite,
+        rowpipe_testkit::AppOptions {
+            max_backlog: 2_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let file = generate_contacts(30_000, 5, 1, 3);
+    let expected = Generated::oracle(&[&file]);
+    let upload = tokio::spawn({
+        let client = app.client.clone();
+        let url = format!("{}/v1/uploads", app.address);
+        let body = file.csv.clone();
+        async move {
+            client
+                .post(url)
+                .bearer_auth(rowpipe_testkit::TOKEN)
+                .header("content-type", "text/csv")
+                .body(body)
+                .send()
+                .await
+                .expect("upload")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    });
+    // No consumer yet: the stream fills up to the bound and the upload waits.
+    let mut con = app.redis.clone();
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let b = rowpipe_core::stream::backlog(&mut con, &app.stream, &app.group)
+            .await
+            .expect("backlog");
+        peak = peak.max(b.unacknowledged());
+    }
+    assert!(
+        peak > 0 && peak <= 2_000,
+        "backlog {peak} outside (0, 2000]"
+    );
+    assert!(
+        !upload.is_finished(),
+        "the upload finished although nobody consumed"
+    );
+    let mut consumer = app.spawn_consumer(CONSUMER_BIN, &[]);
+    let body = tokio::time::timeout(Duration::from_secs(120), upload)
+        .await
+        .expect("upload resumed")
+        .expect("join");
+    let id = body["upload_id"].as_str().expect("id").to_string();
+    assert_eq!(body["rows_enqueued"], 30_000);
+    app.wait_completed(&id, Duration::from_secs(120)).await;
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    consumer.kill().await;
+    app.cleanup().await;
+}
