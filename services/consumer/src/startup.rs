@@ -30,6 +30,8 @@ impl Application {
     /// Connect, refuse an old schema, join the group, bind the metrics port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        // Install the Prometheus recorder before anything records.
+        rowpipe_core::telemetry::metrics();
         let store = Store::connect(&config.database).await?;
         // Refuse rather than migrate: many replicas must not race to change
         // the schema; the migration Job (`rowpipe migrate`) does that.

@@ -345,7 +345,10 @@ impl Worker {
             rowpipe.row_number_end = tracing::field::Empty,
             rowpipe.rows_accepted = tracing::field::Empty,
             rowpipe.rows_rejected = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        rowpipe_core::telemetry::record_trace_ids(&span);
         let mut linked: HashSet<String> = HashSet::new();
         let mut rows: Vec<(String, JudgedRow)> = Vec::with_capacity(delivered.len());
         let mut poison: Vec<(Delivered, String)> = Vec::new();

@@ -81,16 +81,28 @@ fn build_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
 /// runtime (the gRPC exporter needs one). Call once per process.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env()
+    // RUST_LOG filters the logs only: spans for export have their own
+    // filter, so quiet logs never switch tracing off, and the exporter's own
+    // HTTP/gRPC machinery is never traced into itself.
+    let log_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn,hyper=warn"));
+    let trace_filter = EnvFilter::try_from_env("ROWPIPE_TRACE_FILTER").unwrap_or_else(|_| {
+        EnvFilter::new(
+            "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,sqlx=off",
+        )
+    });
     let fmt_layer = if config.log_format == "json" {
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .with_filter(log_filter)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed()
     };
     let (provider, otel_layer) = if otlp_endpoint_configured() {
         let provider = build_provider(service_name)?;
@@ -98,13 +110,16 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
         opentelemetry::global::set_tracer_provider(provider.clone());
         (
             Some(provider),
-            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(trace_filter),
+            ),
         )
     } else {
         (None, None)
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()?;
@@ -119,6 +134,19 @@ pub fn inject(span: &tracing::Span) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = map.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     out.sort();
     out
+}
+
+/// Record the span's OpenTelemetry trace and span ids in its `trace_id` and
+/// `span_id` fields, so JSON log lines inside it carry them (the span must
+/// declare both fields as `Empty`). No-op when tracing is not exported.
+pub fn record_trace_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", sc.trace_id().to_string());
+        span.record("span_id", sc.span_id().to_string());
+    }
 }
 
 /// A context from trace-context fields (an empty context if there are none).

@@ -133,11 +133,14 @@ pub async fn create_upload(
         http.route = "/v1/uploads",
         rowpipe.upload_id = tracing::field::Empty,
         rowpipe.rows_enqueued = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
+    rowpipe_core::telemetry::record_trace_ids(&span);
     create_upload_inner(state, params, request)
         .instrument(span)
         .await

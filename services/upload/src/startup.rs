@@ -37,6 +37,8 @@ impl Application {
     /// Connect to Redis and the database, check the schema, bind the port.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         config.validate()?;
+        // Install the Prometheus recorder before anything records.
+        rowpipe_core::telemetry::metrics();
         let auth = Auth::from_config(
             config.auth_tokens.as_deref(),
             config.auth_tokens_file.as_deref(),
