@@ -355,40 +355,39 @@ pub fn csv_field(s: &str, out: &mut String) {
 
 const PAGE: i64 = 1000;
 
-/// `GET /v1/uploads/{id}/rejects`: every rejected row as CSV (row number,
-/// reason, message, the original fields as JSON), streamed page by page.
-pub async fn get_rejects(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    if state.store.get_upload(&id).await?.is_none() {
-        return Err(ApiError::NotFound(id));
-    }
-    let store = state.store.clone();
+/// A CSV body streamed one database page at a time, so an export of any size
+/// stays in bounded memory. `page(after)` returns the rows after the given
+/// row number, each with its row number and its CSV fields.
+fn paged_csv<F, Fut>(header: &'static str, page: F) -> Body
+where
+    F: Fn(i64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = Result<Vec<(i64, Vec<String>)>, rowpipe_core::store::StoreError>,
+        > + Send,
+{
+    let page = std::sync::Arc::new(page);
     let stream = futures::stream::unfold(Some(0i64), move |after| {
-        let store = store.clone();
-        let id = id.clone();
+        let page = page.clone();
         async move {
             let after = after?;
             let mut out = String::new();
             if after == 0 {
-                out.push_str("row_number,reason,message,fields\n");
+                out.push_str(header);
+                out.push('\n');
             }
-            match store.rejected_rows_page(&id, after, PAGE).await {
+            match page(after).await {
                 Ok(rows) => {
                     let next = if rows.len() < PAGE as usize {
                         None
                     } else {
-                        rows.last().map(|r| r.row_number)
+                        rows.last().map(|r| r.0)
                     };
-                    for r in rows {
-                        out.push_str(&r.row_number.to_string());
-                        out.push(',');
-                        csv_field(&r.reason, &mut out);
-                        out.push(',');
-                        csv_field(&r.message, &mut out);
-                        out.push(',');
-                        csv_field(&r.fields, &mut out);
+                    for (row_number, fields) in rows {
+                        out.push_str(&row_number.to_string());
+                        for f in fields {
+                            out.push(',');
+                            csv_field(&f, &mut out);
+                        }
                         out.push('\n');
                     }
                     Some((Ok::<_, std::io::Error>(out), next))
@@ -397,11 +396,36 @@ pub async fn get_rejects(
             }
         }
     });
-    Ok((
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Body::from_stream(stream)
+}
+
+fn csv_response(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+}
+
+/// `GET /v1/uploads/{id}/rejects`: every rejected row as CSV (row number,
+/// reason, message, the original fields as JSON), ready to send back.
+pub async fn get_rejects(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if state.store.get_upload(&id).await?.is_none() {
+        return Err(ApiError::NotFound(id));
+    }
+    let store = state.store.clone();
+    Ok(csv_response(paged_csv(
+        "row_number,reason,message,fields",
+        move |after| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                let rows = store.rejected_rows_page(&id, after, PAGE).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| (r.row_number, vec![r.reason, r.message, r.fields]))
+                    .collect())
+            }
+        },
+    )))
 }
 
 /// `GET /v1/uploads/{id}/duplicates`: row numbers that lost to an earlier
@@ -414,39 +438,16 @@ pub async fn get_duplicates(
         return Err(ApiError::NotFound(id));
     }
     let store = state.store.clone();
-    let stream = futures::stream::unfold(Some(0i64), move |after| {
-        let store = store.clone();
-        let id = id.clone();
+    Ok(csv_response(paged_csv("row_number,email", move |after| {
+        let (store, id) = (store.clone(), id.clone());
         async move {
-            let after = after?;
-            let mut out = String::new();
-            if after == 0 {
-                out.push_str("row_number,email\n");
-            }
-            match store.duplicate_rows_page(&id, after, PAGE).await {
-                Ok(rows) => {
-                    let next = if rows.len() < PAGE as usize {
-                        None
-                    } else {
-                        rows.last().map(|r| r.0)
-                    };
-                    for (rn, email) in rows {
-                        out.push_str(&rn.to_string());
-                        out.push(',');
-                        csv_field(&email, &mut out);
-                        out.push('\n');
-                    }
-                    Some((Ok::<_, std::io::Error>(out), next))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
-            }
+            let rows = store.duplicate_rows_page(&id, after, PAGE).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(n, email)| (n, vec![email]))
+                .collect())
         }
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    })))
 }
 
 /// `GET /healthz`: the process is alive.

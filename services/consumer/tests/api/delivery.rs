@@ -105,20 +105,7 @@ async fn one_and_six_consumers_leave_identical_tables(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_and_six_consumers_leave_identical_tables_on_sqlite() {
-    one_and_six_consumers_leave_identical_tables(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_and_six_consumers_leave_identical_tables_on_postgres() {
-    one_and_six_consumers_leave_identical_tables(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_and_six_consumers_leave_identical_tables_on_mysql() {
-    one_and_six_consumers_leave_identical_tables(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(one_and_six_consumers_leave_identical_tables: Sqlite, Postgres, MySql);
 
 async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
     let file = generate_contacts(100_000, 20, 2, 77);
@@ -170,20 +157,7 @@ async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumers_killed_at_random_lose_nothing_on_sqlite() {
-    consumers_killed_at_random_lose_nothing(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumers_killed_at_random_lose_nothing_on_postgres() {
-    consumers_killed_at_random_lose_nothing(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumers_killed_at_random_lose_nothing_on_mysql() {
-    consumers_killed_at_random_lose_nothing(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(consumers_killed_at_random_lose_nothing: Sqlite, Postgres, MySql);
 
 async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend) {
     let file = generate_contacts(30_000, 10, 2, 9);
@@ -218,15 +192,7 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero_within_the_grace_period_on_postgres() {
-    sigterm_drains_and_exits_zero_within_the_grace_period(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero_within_the_grace_period_on_sqlite() {
-    sigterm_drains_and_exits_zero_within_the_grace_period(Backend::Sqlite).await;
-}
+rowpipe_testkit::on_databases!(sigterm_drains_and_exits_zero_within_the_grace_period: Postgres, Sqlite);
 
 /// A trigger that makes the insert of one email fail, in each dialect.
 fn poison_trigger(backend: Backend) -> Vec<&'static str> {
@@ -299,20 +265,7 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_sqlite() {
-    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_postgres() {
-    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in_on_mysql() {
-    a_poison_entry_is_dead_lettered_while_its_batch_goes_in(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(a_poison_entry_is_dead_lettered_while_its_batch_goes_in: Sqlite, Postgres, MySql);
 
 async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
     let file = generate_contacts(40_000, 15, 2, 31);
@@ -359,15 +312,7 @@ async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_acknowledges_nothing_and_recovers_on_postgres() {
-    a_database_outage_acknowledges_nothing_and_recovers(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_acknowledges_nothing_and_recovers_on_mysql() {
-    a_database_outage_acknowledges_nothing_and_recovers(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(a_database_outage_acknowledges_nothing_and_recovers: Postgres, MySql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_ingest_loses_no_acknowledged_row() {

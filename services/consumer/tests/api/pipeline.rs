@@ -44,20 +44,7 @@ async fn three_consumer_processes_store_each_email_once(backend: Backend) {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_consumer_processes_store_each_email_once_on_sqlite() {
-    three_consumer_processes_store_each_email_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_consumer_processes_store_each_email_once_on_postgres() {
-    three_consumer_processes_store_each_email_once(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_consumer_processes_store_each_email_once_on_mysql() {
-    three_consumer_processes_store_each_email_once(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(three_consumer_processes_store_each_email_once: Sqlite, Postgres, MySql);
 
 async fn a_second_upload_of_the_same_file_changes_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -83,17 +70,4 @@ async fn a_second_upload_of_the_same_file_changes_nothing(backend: Backend) {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_upload_of_the_same_file_changes_nothing_on_sqlite() {
-    a_second_upload_of_the_same_file_changes_nothing(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_upload_of_the_same_file_changes_nothing_on_postgres() {
-    a_second_upload_of_the_same_file_changes_nothing(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_upload_of_the_same_file_changes_nothing_on_mysql() {
-    a_second_upload_of_the_same_file_changes_nothing(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(a_second_upload_of_the_same_file_changes_nothing: Sqlite, Postgres, MySql);

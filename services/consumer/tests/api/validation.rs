@@ -143,17 +143,4 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_with_every_reason_is_fully_accounted_for_on_sqlite() {
-    a_file_with_every_reason_is_fully_accounted_for(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_with_every_reason_is_fully_accounted_for_on_postgres() {
-    a_file_with_every_reason_is_fully_accounted_for(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_with_every_reason_is_fully_accounted_for_on_mysql() {
-    a_file_with_every_reason_is_fully_accounted_for(Backend::MySql).await;
-}
+rowpipe_testkit::on_databases!(a_file_with_every_reason_is_fully_accounted_for: Sqlite, Postgres, MySql);

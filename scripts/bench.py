@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""rowpipe benchmark: rowpipe end to end against the database's own bulk path,
+measured side by side in one run on one machine.
+
+Only the Python standard library is used; the database reference runs through
+the `psql` / `mariadb` clients (or Python's sqlite3). Figures are printed as one
+table; ratios, not absolute numbers, are what to compare across machines.
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VALID = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+# ---------------------------------------------------------------- Redis (RESP)
+class Redis:
+    """The few Redis commands the benchmark needs, over a raw socket."""
+
+    def __init__(self, url):
+        m = re.match(r"redis://(?:[^@]*@)?([^:/]+)(?::(\d+))?", url)
+        if not m:
+            sys.exit(f"bench: unsupported REDIS_URL {url}")
+        self.sock = socket.create_connection((m.group(1), int(m.group(2) or 6379)))
+        self.f = self.sock.makefile("rb")
+
+    def cmd(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _read(self):
+        line = self.f.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)[:-2]
+            return data.decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise RuntimeError(f"bad reply {line!r}")
+
+    def used_memory(self):
+        info = self.cmd("INFO", "memory")
+        return int(re.search(r"used_memory:(\d+)", info).group(1))
+
+
+class MemoryPoller(threading.Thread):
+    def __init__(self, url):
+        super().__init__(daemon=True)
+        self.r = Redis(url)
+        self.base = self.r.used_memory()
+        self.peak = self.base
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.r.used_memory())
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- data
+def generate(path, rows, seed):
+    """name,email with ~5% duplicates (half differing only in case) and ~2% invalid."""
+    rnd = random.Random(seed)
+    emails = []
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("name,email\n")
+        for i in range(rows):
+            roll = rnd.random()
+            if roll < 0.02:
+                bad = [f"user{i}.example.com", f"user{i}@@example.com", f"user {i}@example.com", f"user{i}@localhost"][i % 4]
+                f.write(f"Bad {i},{bad}\n")
+            elif roll < 0.07 and emails:
+                e = emails[rnd.randrange(len(emails))]
+                f.write(f"\"Dup, {i}\",{e.upper() if i % 2 else e}\n")
+            else:
+                e = f"person{i}.{rnd.randrange(1000)}@example{i % 7}.com"
+                emails.append(e)
+                f.write(f"Person {i},{e}\n")
+
+
+def rss_peak_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: nothing listening on {port}")
+
+
+# ---------------------------------------------------------------- databases
+class Db:
+    """A fresh database for one run, plus the reference load into it."""
+
+    def __init__(self, kind, admin_url, tag):
+        self.kind, self.admin, self.name = kind, admin_url, f"rp_bench_{tag}"
+        if kind == "sqlite":
+            self.dir = tempfile.mkdtemp(prefix="rowpipe-bench-")
+            self.path = os.path.join(self.dir, "bench.db")
+            self.url = f"sqlite://{self.path}"
+        else:
+            self.sql_admin(f'CREATE DATABASE {self.q(self.name)}' + (" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if kind == "mysql" else ""))
+            base = admin_url.split("?")[0].rsplit("/", 1)[0]
+            self.url = f"{base}/{self.name}"
+
+    def q(self, ident):
+        return f"`{ident}`" if self.kind == "mysql" else f'"{ident}"'
+
+    def _client(self, url, sql, local_infile=False):
+        if self.kind == "postgres":
+            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", url, "-c", sql]
+        else:
+            m = re.match(r"mysql://([^:@/]+)(?::([^@]*))?@([^:/]+)(?::(\d+))?/?([^?]*)", url)
+            user, pw, host, port, db = m.groups()
+            cmd = ["mariadb", "-N", "-B", "-u", user, "-h", host, "-P", port or "3306"]
+            if pw:
+                cmd.append(f"-p{pw}")
+            if local_infile:
+                cmd.append("--local-infile=1")
+            if db:
+                cmd.append(db)
+            cmd += ["-e", sql]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"bench: {self.kind} client failed: {out.stderr.strip()}\n{sql}")
+        return out.stdout.strip()
+
+    def sql_admin(self, sql):
+        return self._client(self.admin, sql)
+
+    def sql(self, sql, local_infile=False):
+        if self.kind == "sqlite":
+            con = sqlite3.connect(self.path)
+            try:
+                rows = con.execute(sql).fetchall()
+                con.commit()
+                return "\n".join("|".join(str(c) for c in r) for r in rows)
+            finally:
+                con.close()
+        return self._client(self.url, sql, local_infile)
+
+    def reference(self, csv_path):
+        """The database's own fastest path to the same outcome. Returns seconds."""
+        t0 = time.perf_counter()
+        if self.kind == "postgres":
+            # COPY into an unlogged staging table, then one conflict-aware INSERT … SELECT.
+            self._client(self.url, "CREATE UNLOGGED TABLE ref_staging (line BIGSERIAL, name TEXT, email TEXT);"
+                         "CREATE TABLE ref_contacts (email VARCHAR(320) PRIMARY KEY, name TEXT, line BIGINT);")
+            t0 = time.perf_counter()
+            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url,
+                   "-c", f"\\copy ref_staging(name, email) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)",
+                   "-c", "INSERT INTO ref_contacts SELECT DISTINCT ON (lower(email)) lower(email), name, line "
+                         "FROM ref_staging WHERE email ~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$' "
+                         "ORDER BY lower(email), line ON CONFLICT DO NOTHING"]
+            subprocess.run(cmd, check=True)
+        elif self.kind == "mysql":
+            self.sql("CREATE TABLE ref_staging (line BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT, email VARCHAR(400)) ENGINE=InnoDB;"
+                     "CREATE TABLE ref_contacts (email VARCHAR(320) COLLATE utf8mb4_bin PRIMARY KEY, name TEXT, line BIGINT) ENGINE=InnoDB")
+            t0 = time.perf_counter()
+            self.sql(f"LOAD DATA LOCAL INFILE '{csv_path}' IGNORE INTO TABLE ref_staging CHARACTER SET utf8mb4 "
+                     "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' LINES TERMINATED BY '\\n' IGNORE 1 LINES (name, email);"
+                     "INSERT IGNORE INTO ref_contacts SELECT lower(email), name, line FROM ref_staging "
+                     "WHERE email REGEXP '^[^@[:space:]]+@[^@[:space:]]+\\\\.[^@[:space:]]+$' ORDER BY line",
+                     local_infile=True)
+        else:
+            import csv
+            con = sqlite3.connect(self.path)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("CREATE TABLE ref_staging (line INTEGER PRIMARY KEY, name TEXT, email TEXT)")
+            con.execute("CREATE TABLE ref_contacts (email TEXT PRIMARY KEY, name TEXT, line INTEGER)")
+            con.commit()
+            t0 = time.perf_counter()
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                r = csv.reader(f)
+                next(r)
+                batch, staged = [], []
+                for line, (name, email) in enumerate(r, 1):
+                    staged.append((line, name, email))
+                    if VALID.match(email):
+                        batch.append((email.lower(), name, line))
+                    if len(batch) >= 1000 or len(staged) >= 1000:
+                        con.executemany("INSERT INTO ref_staging VALUES (?,?,?)", staged)
+                        con.executemany("INSERT OR IGNORE INTO ref_contacts VALUES (?,?,?)", batch)
+                        con.commit()
+                        batch, staged = [], []
+                con.executemany("INSERT INTO ref_staging VALUES (?,?,?)", staged)
+                con.executemany("INSERT OR IGNORE INTO ref_contacts VALUES (?,?,?)", batch)
+                con.commit()
+            con.close()
+        return time.perf_counter() - t0
+
+    def reference_outcome(self):
+        total = int(self.sql("SELECT COUNT(*) FROM ref_staging"))
+        inserted = int(self.sql("SELECT COUNT(*) FROM ref_contacts"))
+        valid_rx = {"postgres": "email ~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'",
+                    "mysql": "email REGEXP '^[^@[:space:]]+@[^@[:space:]]+\\\\.[^@[:space:]]+$'"}.get(self.kind)
+        if valid_rx:
+            valid = int(self.sql(f"SELECT COUNT(*) FROM ref_staging WHERE {valid_rx}"))
+        else:
+            valid = sum(1 for _ in self.sql("SELECT email FROM ref_staging").split("\n") if VALID.match(_))
+        return {"inserted": inserted, "duplicates": valid - inserted, "rejected": total - valid}
+
+    def tables_differ(self):
+        """Rows on which rowpipe's contacts and the reference disagree (email or winning row)."""
+        return int(self.sql(
+            "SELECT COUNT(*) FROM (SELECT c.email FROM contacts c LEFT JOIN ref_contacts r ON r.email = c.email "
+            "WHERE r.email IS NULL OR r.line <> c." + ("`row_number`" if self.kind == "mysql" else "\"row_number\"") +
+            " UNION ALL SELECT r.email FROM ref_contacts r LEFT JOIN contacts c ON c.email = r.email WHERE c.email IS NULL) d"))
+
+    def drop(self):
+        if self.kind == "sqlite":
+            subprocess.run(["rm", "-rf", self.dir])
+        else:
+            self.sql_admin(f"DROP DATABASE IF EXISTS {self.q(self.name)}" + (" WITH (FORCE)" if self.kind == "postgres" else ""))
+
+
+# ---------------------------------------------------------------- rowpipe
+class Pipeline:
+    def __init__(self, bins, db_url, redis_url, consumers, extra_env=None, consumer_env=None, max_backlog=None):
+        self.bins, self.procs = bins, []
+        tag = f"{int(time.time() * 1000)}-{os.getpid()}"
+        self.port = free_port()
+        self.env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url,
+                        ROWPIPE_STREAM=f"rowpipe:bench:{tag}", ROWPIPE_AUTH_DISABLED="true",
+                        ROWPIPE_LISTEN=f"127.0.0.1:{self.port}", RUST_LOG="warn")
+        for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            self.env.pop(k, None)
+        self.env.update(extra_env or {})
+        if max_backlog:
+            self.env["ROWPIPE_MAX_BACKLOG"] = str(max_backlog)
+        self.max_backlog = int(self.env.get("ROWPIPE_MAX_BACKLOG", "200000"))
+        subprocess.run([f"{bins}/rowpipe", "migrate"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        self.upload = self._spawn("rowpipe-upload", {})
+        self.consumers = [self._spawn("rowpipe-consumer", dict({"ROWPIPE_METRICS_LISTEN": "127.0.0.1:0"}, **(consumer_env or {})))
+                          for _ in range(consumers)]
+        wait_port(self.port)
+
+    def _spawn(self, name, env):
+        p = subprocess.Popen([f"{self.bins}/{name}"], env=dict(self.env, **env),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def post(self, body_iter, length=None):
+        con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3600)
+        headers = {"Content-Type": "text/csv"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        con.request("POST", "/v1/uploads", body=body_iter, headers=headers, encode_chunked=length is None)
+        resp = con.getresponse()
+        body = json.loads(resp.read() or b"{}")
+        if resp.status != 202:
+            sys.exit(f"bench: upload refused: {resp.status} {body}")
+        return body
+
+    def status(self, upload_id):
+        con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        con.request("GET", f"/v1/uploads/{upload_id}")
+        return json.loads(con.getresponse().read())
+
+    def wait(self, upload_id, timeout=7200):
+        end = time.time() + timeout
+        while time.time() < end:
+            s = self.status(upload_id)
+            if s["status"] in ("completed", "failed"):
+                return s
+            time.sleep(0.05)
+        sys.exit("bench: timed out waiting for the upload")
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def file_chunks(path, size=1 << 20):
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(size)
+            if not b:
+                return
+            yield b
+
+
+def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=None, extra_env=None, label=None):
+    tag = f"{int(time.time())}_{random.randrange(1 << 30):x}"
+    db = Db(kind, admin, tag)
+    result = {"label": label or f"rowpipe, {consumers} consumer{'s' if consumers > 1 else ''}"}
+    try:
+        if ref:
+            secs = db.reference(csv_path)
+            result["ref_secs"] = secs
+            result["ref_outcome"] = db.reference_outcome()
+        mem = MemoryPoller(args.redis)
+        mem.start()
+        pipe = Pipeline(args.bins, db.url, args.redis, consumers, consumer_env=consumer_env, extra_env=extra_env)
+        try:
+            size = os.path.getsize(csv_path)
+            t0 = time.perf_counter()
+            body = pipe.post(file_chunks(csv_path), size)
+            t_upload = time.perf_counter() - t0
+            status = pipe.wait(body["upload_id"])
+            t_total = time.perf_counter() - t0
+            mem.stop.set()
+            result.update(secs=t_total, upload_secs=t_upload, bytes=size, status=status,
+                          rss_upload=rss_peak_mib(pipe.upload.pid),
+                          rss_consumers=[rss_peak_mib(c.pid) for c in pipe.consumers],
+                          redis_peak=(mem.peak - mem.base) / 2**20, max_backlog=pipe.max_backlog)
+            if ref:
+                result["differ"] = db.tables_differ()
+        finally:
+            pipe.stop()
+    finally:
+        db.drop()
+    return result
+
+
+# ---------------------------------------------------------------- the 1 GiB upload
+def upload_gib(args):
+    """Stream a generated body of the given size (never written to disk) into the
+    upload service with an instant drain on the group, and report its peak RSS."""
+    target = int(args.upload_gib * 2**30)
+    kind, admin = "sqlite", None
+    db = Db(kind, admin, f"{int(time.time())}")
+    pipe = Pipeline(args.bins, db.url, args.redis, 0)
+    stop = threading.Event()
+    drained = [0]
+
+    def drain():
+        # Stands in for infinitely fast consumers: mark everything delivered
+        # and acknowledged, then trim it. Backpressure still applies between drains.
+        r = Redis(args.redis)
+        stream, group = pipe.env["ROWPIPE_STREAM"], "rowpipe-consumers"
+        while not stop.is_set():
+            try:
+                r.cmd("XGROUP", "SETID", stream, group, "$")
+                drained[0] += r.cmd("XTRIM", stream, "MAXLEN", "0")
+            except RuntimeError:
+                pass
+            time.sleep(0.02)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    sent = [0]
+    rows = [0]
+
+    def body():
+        yield b"name,email\n"
+        i = 0
+        while sent[0] < target:
+            chunk = "".join(f"Person {j},person{j}@example{j % 7}.com\n" for j in range(i, i + 5000)).encode()
+            i += 5000
+            rows[0] = i
+            sent[0] += len(chunk)
+            yield chunk
+
+    mem = MemoryPoller(args.redis)
+    mem.start()
+    t0 = time.perf_counter()
+    res = pipe.post(body())
+    secs = time.perf_counter() - t0
+    stop.set()
+    mem.stop.set()
+    rss = rss_peak_mib(pipe.upload.pid)
+    pipe.stop()
+    db.drop()
+    print(f"upload of {sent[0] / 2**30:.2f} GiB generated on the fly ({res['rows_enqueued']:,} rows): "
+          f"{secs:.1f} s, {res['rows_enqueued'] / secs:,.0f} rows/s, {sent[0] / 2**20 / secs:.1f} MiB/s")
+    print(f"upload peak RSS: {rss:.1f} MiB (target < 100 MiB); Redis peak used_memory above baseline: {(mem.peak - mem.base) / 2**20:.1f} MiB")
+    print(f"bench: {1 if rss < 100 else 0} passed, {0 if rss < 100 else 1} failed")
+    return 0 if rss < 100 else 1
+
+
+# ---------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--db", choices=["postgres", "mysql", "sqlite"], default="postgres")
+    ap.add_argument("--consumers", default="1,2,4", help="consumer process counts to run")
+    ap.add_argument("--naive-rows", type=int, default=3000, help="rows for the one-row-per-transaction baseline")
+    ap.add_argument("--tracing", action="store_true", help="also run with tracing exported, to measure its overhead")
+    ap.add_argument("--upload-gib", type=float, help="only measure a generated upload of this size (GiB)")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--bins", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    args = ap.parse_args()
+    if args.upload_gib:
+        return upload_gib(args)
+    admin = {"postgres": os.environ.get("ROWPIPE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+             "mysql": os.environ.get("ROWPIPE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql"),
+             "sqlite": None}[args.db]
+    work = tempfile.mkdtemp(prefix="rowpipe-bench-data-")
+    csv_path = os.path.join(work, "contacts.csv")
+    generate(csv_path, args.rows, args.seed)
+    print(f"# rowpipe benchmark: {args.rows:,} rows ({os.path.getsize(csv_path) / 2**20:.1f} MiB), {args.db}, "
+          f"{os.cpu_count()} cores, seed {args.seed}\n")
+    results = []
+    for k in [int(x) for x in args.consumers.split(",")]:
+        results.append(run_rowpipe(args, args.db, admin, csv_path, k))
+    ref = results[0]
+    naive_path = os.path.join(work, "naive.csv")
+    generate(naive_path, min(args.naive_rows, args.rows), args.seed)
+    naive = run_rowpipe(args, args.db, admin, naive_path, 1, ref=False,
+                        consumer_env={"ROWPIPE_BATCH_SIZE": "1", "ROWPIPE_WORKERS": "1", "ROWPIPE_BATCH_TIMEOUT_MS": "1"},
+                        label="naive: 1 row per transaction")
+    traced = None
+    if args.tracing:
+        sink = TraceSink()
+        traced = run_rowpipe(args, args.db, admin, csv_path, 2, ref=False,
+                             extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                                        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+                             label="rowpipe, 2 consumers, tracing exported")
+        traced["sink_bytes"] = sink.bytes
+
+    ref_rate = args.rows / ref["ref_secs"]
+    print(f"| run | rows/s | vs reference | upload rows/s | upload MiB/s | upload RSS MiB | consumer RSS MiB | Redis peak MiB | inserted | duplicates | rejected | table = reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    o = ref["ref_outcome"]
+    print(f"| reference ({ {'postgres': 'COPY + INSERT … SELECT … ON CONFLICT', 'mysql': 'LOAD DATA … IGNORE + INSERT IGNORE … SELECT', 'sqlite': 'Python sqlite3, 1,000-row transactions'}[args.db] }) "
+          f"| {ref_rate:,.0f} | 1.00 | | | | | | {o['inserted']:,} | {o['duplicates']:,} | {o['rejected']:,} | |")
+    ok = True
+    for r in results + ([traced] if traced else []) + [naive]:
+        c = r["status"]["counts"]
+        n = c["read"]
+        rate = n / r["secs"]
+        same = ""
+        if "differ" in r:
+            match = r["differ"] == 0 and all(c[k] == o[k] for k in ("inserted", "duplicates", "rejected"))
+            ok &= match
+            same = "yes" if match else f"NO ({r['differ']} rows differ)"
+        print(f"| {r['label']} | {rate:,.0f} | {rate / ref_rate:.2f} | {n / r['upload_secs']:,.0f} | {r['bytes'] / 2**20 / r['upload_secs']:.1f} "
+              f"| {r['rss_upload']:.0f} | {', '.join(f'{x:.0f}' for x in r['rss_consumers'])} | {r['redis_peak']:.1f} "
+              f"| {c['inserted']:,} | {c['duplicates']:,} | {c['rejected']:,} | {same} |")
+    default2 = next((r for r in results if len(r["rss_consumers"]) == 2), results[0])
+    rate2 = default2["status"]["counts"]["read"] / default2["secs"]
+    naive_rate = naive["status"]["counts"]["read"] / naive["secs"]
+    print()
+    print(f"rowpipe (2 consumers) / reference: {rate2 / ref_rate:.2f} (target ≥ 0.60, goal ≥ 0.80)")
+    print(f"rowpipe default / naive one-row-per-transaction: {rate2 / naive_rate:.0f}× (target ≥ 50×)")
+    if traced:
+        t_rate = traced["status"]["counts"]["read"] / traced["secs"]
+        print(f"tracing exported ({traced['sink_bytes'] / 2**20:.1f} MiB of OTLP received) vs off: {(1 - t_rate / rate2) * 100:+.1f}% throughput cost (target < 10%)")
+    entry = 200  # bytes per stream entry, measured order of magnitude
+    print(f"Redis peak above baseline {max(r['redis_peak'] for r in results):.1f} MiB; bound ≈ backlog {default2['max_backlog']:,} × ~{entry} B = {default2['max_backlog'] * entry / 2**20:.0f} MiB")
+    print(f"bench: {1 if ok else 0} passed, {0 if ok else 1} failed")
+    return 0 if ok else 1
+
+
+class TraceSink:
+    """A minimal OTLP/HTTP receiver that accepts and counts export requests."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.bytes = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(n)
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
