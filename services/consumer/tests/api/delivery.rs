@@ -68,6 +68,24 @@ async fn run_with_consumers(
         app.wait_completed(id, Duration::from_secs(600)).await;
     }
     let t = table(&app, &ids).await;
+    // Counts stay exact across uploads, displacements included.
+    let mut inserted = 0;
+    for id in &ids {
+        let s = app.status(id).await;
+        let c = &s["counts"];
+        let n = |k: &str| c[k].as_i64().unwrap_or(-1);
+        assert_eq!(
+            n("read"),
+            n("inserted") + n("duplicates") + n("rejected"),
+            "{s}"
+        );
+        inserted += n("inserted");
+    }
+    assert_eq!(
+        inserted as usize,
+        t.len(),
+        "the uploads' inserted counts add up to the table"
+    );
     let full: Vec<_> = app
         .contacts_dump()
         .await

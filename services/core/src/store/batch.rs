@@ -3,9 +3,20 @@
 //! The rule for duplicates is deterministic: the table ends exactly as if
 //! every row had been processed one at a time, uploads in acceptance order
 //! (`upload_seq`) and rows in file order. Consumers commit in any order, so
-//! each dialect's upsert keeps whichever of the stored and the incoming row
-//! has the smaller `(upload_seq, row_number)`. Once rows from earlier uploads
-//! and earlier lines are in, nothing later can displace them.
+//! for each email the stored row and the incoming one are compared and the
+//! smaller `(upload_seq, row_number)` wins:
+//!
+//! 1. insert the emails nobody has (`ON CONFLICT (email) DO NOTHING`, or
+//!    MySQL's no-op `ON DUPLICATE KEY UPDATE`; never `INSERT IGNORE`, which
+//!    hides other errors). A concurrent insert of the same email is waited
+//!    for by the unique index, then skipped;
+//! 2. lock the other emails' stored rows (`SELECT … ORDER BY email FOR
+//!    UPDATE`; SQLite has a single writer) and replace those held by a later
+//!    row. Once rows from earlier uploads and earlier lines are in, nothing
+//!    later can displace them.
+//!
+//! Because step 2 sees who held each email, every upload's `rows_inserted`
+//! is kept exact in the same transaction, displacements included.
 //!
 //! Exactly-once effect under at-least-once delivery: every row also leaves a
 //! trace in `accepted_rows` or `rejected_rows`, keyed by (upload, row number),
@@ -60,6 +71,11 @@ pub struct BatchOutcome {
     pub rejected: u64,
     /// Rows skipped because an earlier delivery already recorded them.
     pub replayed: u64,
+    /// Rows that became the stored row for their email (displacing or not).
+    pub inserted: u64,
+    /// Stored rows replaced by an earlier row (of an earlier upload, or
+    /// earlier in the same file) that arrived later.
+    pub displaced: u64,
     pub rejected_by_reason: BTreeMap<RejectReason, u64>,
     /// Uploads this batch touched, so the caller can try to complete them.
     pub uploads: Vec<String>,
@@ -87,57 +103,186 @@ fn values_clause(dialect: Dialect, rows: usize, cols: usize, sql: &mut String) {
     }
 }
 
-fn contacts_upsert_sql(dialect: Dialect, rows: usize) -> String {
-    let rn = if dialect == Dialect::MySql {
-        "`row_number`"
-    } else {
-        "\"row_number\""
-    };
-    let mut sql = format!(
-        "INSERT INTO contacts (email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms) VALUES "
-    );
-    values_clause(dialect, rows, 8, &mut sql);
-    match dialect {
-        Dialect::Postgres | Dialect::Sqlite => {
-            sql.push_str(&format!(
-                " ON CONFLICT (email) DO UPDATE SET email_raw = excluded.email_raw, name = excluded.name, \
-                 attributes = excluded.attributes, upload_id = excluded.upload_id, \
-                 upload_seq = excluded.upload_seq, {rn} = excluded.{rn}, created_at_ms = excluded.created_at_ms \
-                 WHERE (contacts.upload_seq, contacts.{rn}) > (excluded.upload_seq, excluded.{rn})"
-            ));
-        }
-        Dialect::MySql => {
-            // MySQL evaluates assignments left to right and later ones see
-            // earlier results, so the ordering key columns go last: row
-            // number first, then the upload sequence.
-            let cond = format!("(upload_seq, {rn}) > (VALUES(upload_seq), VALUES({rn}))");
-            sql.push_str(" ON DUPLICATE KEY UPDATE ");
-            let cols = [
-                "email_raw",
-                "name",
-                "attributes",
-                "upload_id",
-                "created_at_ms",
-                rn,
-                "upload_seq",
-            ];
-            let sets: Vec<String> = cols
-                .iter()
-                .map(|c| format!("{c} = IF({cond}, VALUES({c}), {c})"))
-                .collect();
-            sql.push_str(&sets.join(", "));
-        }
-    }
-    sql
-}
-
 fn insert_sql(dialect: Dialect, table_and_cols: &str, rows: usize, cols: usize) -> String {
     let mut sql = dialect.sql(&format!("INSERT INTO {table_and_cols} VALUES "));
     values_clause(dialect, rows, cols, &mut sql);
     sql
 }
 
+type Tx = sqlx::Transaction<'static, Any>;
+
+/// Who holds an email now: (upload id, upload seq, row number).
+type Owner = (String, i64, i64);
+
 impl Store {
+    /// Insert candidates whose email is not stored yet. Returns the emails
+    /// this statement inserted where the dialect can say (RETURNING); MySQL
+    /// cannot, and its inserts are recognised by [`Store::lock_owners`].
+    async fn insert_new_contacts(
+        &self,
+        tx: &mut Tx,
+        chunk: &[(&str, &JudgedRow)],
+        now: i64,
+    ) -> Result<HashSet<String>, StoreError> {
+        let dialect = self.dialect;
+        let rn = if dialect == Dialect::MySql {
+            "`row_number`"
+        } else {
+            "\"row_number\""
+        };
+        let cols = format!(
+            "email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms"
+        );
+        let mut returned = HashSet::new();
+        if dialect == Dialect::Postgres {
+            let json: Vec<serde_json::Value> = chunk
+                .iter()
+                .filter_map(|(_, r)| match &r.verdict {
+                    RowVerdict::Accept {
+                        email,
+                        email_raw,
+                        name,
+                        attributes,
+                    } => Some(serde_json::json!({
+                        "e": email, "r": email_raw, "m": name, "a": attributes,
+                        "u": r.upload_id, "s": r.upload_seq, "n": r.row_number,
+                    })),
+                    _ => None,
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $2 FROM json_to_recordset($1::json) \
+                 AS t(e text, r text, m text, a text, u text, s bigint, n bigint) \
+                 ON CONFLICT (email) DO NOTHING RETURNING email"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(serde_json::Value::Array(json).to_string())
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                returned.insert(row.try_get::<String, _>(0)?);
+            }
+            return Ok(returned);
+        }
+        let mut sql = format!("INSERT INTO contacts ({cols}) VALUES ");
+        values_clause(dialect, chunk.len(), 8, &mut sql);
+        sql.push_str(match dialect {
+            Dialect::MySql => " ON DUPLICATE KEY UPDATE email = email",
+            _ => " ON CONFLICT (email) DO NOTHING RETURNING email",
+        });
+        let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+        for (_, r) in chunk {
+            if let RowVerdict::Accept {
+                email,
+                email_raw,
+                name,
+                attributes,
+            } = &r.verdict
+            {
+                q = q
+                    .bind(email.as_str())
+                    .bind(email_raw.as_str())
+                    .bind(name.as_deref())
+                    .bind(attributes.as_deref())
+                    .bind(r.upload_id.as_str())
+                    .bind(r.upload_seq)
+                    .bind(r.row_number)
+                    .bind(now);
+            }
+        }
+        if dialect == Dialect::MySql {
+            q.execute(&mut **tx).await?;
+        } else {
+            for row in q.fetch_all(&mut **tx).await? {
+                returned.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(returned)
+    }
+
+    /// Lock the stored rows of these emails (in email order) and say who holds each.
+    async fn lock_owners(
+        &self,
+        tx: &mut Tx,
+        contested: &[&(&str, &JudgedRow)],
+    ) -> Result<HashMap<String, Owner>, StoreError> {
+        let mut owners = HashMap::new();
+        if contested.is_empty() {
+            return Ok(owners);
+        }
+        let dialect = self.dialect;
+        let rows = if dialect == Dialect::Postgres {
+            let emails: Vec<&str> = contested.iter().map(|(e, _)| *e).collect();
+            sqlx::query(
+                "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts \
+                 WHERE email IN (SELECT json_array_elements_text($1::json)) ORDER BY email FOR UPDATE",
+            )
+            .bind(serde_json::to_string(&emails).unwrap_or_else(|_| "[]".into()))
+            .fetch_all(&mut **tx)
+            .await?
+        } else {
+            let mut sql = dialect.sql(
+                "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts WHERE email IN (",
+            );
+            for i in 0..contested.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                dialect.placeholder(i + 1, &mut sql);
+            }
+            sql.push_str(") ORDER BY email");
+            if dialect == Dialect::MySql {
+                sql.push_str(" FOR UPDATE");
+            }
+            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+            for (e, _) in contested {
+                q = q.bind(*e);
+            }
+            q.fetch_all(&mut **tx).await?
+        };
+        for row in rows {
+            owners.insert(
+                row.try_get::<String, _>(0)?,
+                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+            );
+        }
+        Ok(owners)
+    }
+
+    /// Replace the stored row of `email` by `r` (which sorts earlier).
+    async fn displace(
+        &self,
+        tx: &mut Tx,
+        email: &str,
+        r: &JudgedRow,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if let RowVerdict::Accept {
+            email_raw,
+            name,
+            attributes,
+            ..
+        } = &r.verdict
+        {
+            sqlx::query(self.q(
+                "UPDATE contacts SET email_raw = ?, name = ?, attributes = ?, upload_id = ?, upload_seq = ?, \
+                 \"row_number\" = ?, created_at_ms = ? WHERE email = ?",
+            ))
+            .bind(email_raw.as_str())
+            .bind(name.as_deref())
+            .bind(attributes.as_deref())
+            .bind(r.upload_id.as_str())
+            .bind(r.upload_seq)
+            .bind(r.row_number)
+            .bind(now)
+            .bind(email)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Store a batch in one transaction; see the module docs for the rules.
     pub async fn apply_batch(&self, rows: &[JudgedRow]) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
@@ -204,23 +349,47 @@ impl Store {
             .collect();
 
         // 2. The ledgers.
-        for chunk in accepted.chunks(CHUNK) {
-            let sql = insert_sql(
-                dialect,
-                "accepted_rows (upload_id, \"row_number\", email)",
-                chunk.len(),
-                3,
-            );
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                if let RowVerdict::Accept { email, .. } = &r.verdict {
-                    q = q
-                        .bind(r.upload_id.as_str())
-                        .bind(r.row_number)
-                        .bind(email.as_str());
-                }
+        if dialect == Dialect::Postgres {
+            // One JSON parameter instead of thousands of binds: PostgreSQL
+            // plans and runs a set-returning function much faster than a
+            // huge VALUES list.
+            for chunk in accepted.chunks(CHUNK * 5) {
+                let json: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .filter_map(|r| match &r.verdict {
+                        RowVerdict::Accept { email, .. } => Some(serde_json::json!({
+                            "u": r.upload_id, "n": r.row_number, "e": email
+                        })),
+                        _ => None,
+                    })
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
+                     SELECT u, n, e FROM json_to_recordset($1::json) AS t(u text, n bigint, e text)",
+                )
+                .bind(serde_json::Value::Array(json).to_string())
+                .execute(&mut *tx)
+                .await?;
             }
-            q.execute(&mut *tx).await?;
+        } else {
+            for chunk in accepted.chunks(CHUNK) {
+                let sql = insert_sql(
+                    dialect,
+                    "accepted_rows (upload_id, \"row_number\", email)",
+                    chunk.len(),
+                    3,
+                );
+                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    if let RowVerdict::Accept { email, .. } = &r.verdict {
+                        q = q
+                            .bind(r.upload_id.as_str())
+                            .bind(r.row_number)
+                            .bind(email.as_str());
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            }
         }
         for chunk in rejected.chunks(CHUNK) {
             let sql = insert_sql(
@@ -262,51 +431,67 @@ impl Store {
         }
         let mut candidates: Vec<(&str, &JudgedRow)> = best.into_iter().collect();
         candidates.sort_by(|a, b| a.0.cmp(b.0));
+        // Net change of each upload's stored rows (winners in, displaced out).
+        let mut inserted: BTreeMap<String, i64> = BTreeMap::new();
         for chunk in candidates.chunks(CHUNK) {
-            let sql = contacts_upsert_sql(dialect, chunk.len());
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for (_, r) in chunk {
-                if let RowVerdict::Accept {
-                    email,
-                    email_raw,
-                    name,
-                    attributes,
-                } = &r.verdict
-                {
-                    q = q
-                        .bind(email.as_str())
-                        .bind(email_raw.as_str())
-                        .bind(name.as_deref())
-                        .bind(attributes.as_deref())
-                        .bind(r.upload_id.as_str())
-                        .bind(r.upload_seq)
-                        .bind(r.row_number)
-                        .bind(now);
+            // 3a. Insert the emails nobody has yet (a concurrent insert of the
+            //     same email is waited for, then skipped).
+            let new_emails = self.insert_new_contacts(&mut tx, chunk, now).await?;
+            // 3b. The others exist: lock them, and let the earlier row win.
+            let contested: Vec<&(&str, &JudgedRow)> = chunk
+                .iter()
+                .filter(|(email, _)| !new_emails.contains(*email))
+                .collect();
+            let owners = self.lock_owners(&mut tx, &contested).await?;
+            for (email, r) in chunk {
+                if new_emails.contains(*email) {
+                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                    outcome.inserted += 1;
+                    continue;
+                }
+                let Some(owner) = owners.get(*email) else {
+                    continue;
+                };
+                if owner.0 == r.upload_id && owner.2 == r.row_number {
+                    // Inserted by 3a (dialects without RETURNING).
+                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                    outcome.inserted += 1;
+                } else if (owner.1, owner.2) > (r.upload_seq, r.row_number) {
+                    self.displace(&mut tx, email, r, now).await?;
+                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                    *inserted.entry(owner.0.clone()).or_default() -= 1;
+                    outcome.inserted += 1;
+                    outcome.displaced += 1;
                 }
             }
-            q.execute(&mut *tx).await?;
         }
 
-        // 4. Per-upload progress, last: the hot `uploads` row is locked for
-        //    as short a time as possible.
-        let mut per_upload: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        // 4. Per-upload progress, last: the hot `uploads` rows are locked for
+        //    as short a time as possible, in id order.
+        let mut per_upload: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
         for r in &fresh {
-            let e = per_upload.entry(r.upload_id.as_str()).or_default();
+            let e = per_upload.entry(r.upload_id.clone()).or_default();
             e.0 += 1;
             if matches!(r.verdict, RowVerdict::Reject { .. }) {
                 e.1 += 1;
             }
         }
-        for (upload, (processed, rejected)) in &per_upload {
+        for (upload, delta) in &inserted {
+            per_upload.entry(upload.clone()).or_default().2 += delta;
+        }
+        for (upload, (processed, rejected, inserted)) in &per_upload {
             sqlx::query(self.q(
                 "UPDATE uploads SET rows_processed = rows_processed + ?, rows_rejected = rows_rejected + ?, \
-                 status = CASE WHEN status = 'queued' THEN 'processing' ELSE status END, updated_at_ms = ? \
+                 rows_inserted = rows_inserted + ?, \
+                 status = CASE WHEN status = 'queued' AND ? > 0 THEN 'processing' ELSE status END, updated_at_ms = ? \
                  WHERE id = ?",
             ))
             .bind(*processed)
             .bind(*rejected)
+            .bind(*inserted)
+            .bind(*processed)
             .bind(now)
-            .bind(*upload)
+            .bind(upload.as_str())
             .execute(&mut *tx)
             .await?;
         }
@@ -314,7 +499,7 @@ impl Store {
 
         outcome.accepted = accepted.len() as u64;
         outcome.rejected = rejected.len() as u64;
-        outcome.uploads = ranges.keys().map(|s| s.to_string()).collect();
+        outcome.uploads = per_upload.keys().cloned().collect();
         Ok(outcome)
     }
 }
@@ -324,19 +509,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postgres_upserts_number_their_placeholders_and_keep_the_earliest_row() {
-        let sql = contacts_upsert_sql(Dialect::Postgres, 2);
-        assert!(sql.contains("($1, $2, $3, $4, $5, $6, $7, $8), ($9,"));
-        assert!(sql.contains("WHERE (contacts.upload_seq, contacts.\"row_number\") > (excluded.upload_seq, excluded.\"row_number\")"));
-    }
-
-    #[test]
-    fn mysql_upserts_update_the_ordering_key_last() {
-        let sql = contacts_upsert_sql(Dialect::MySql, 1);
-        let rn = sql.find("`row_number` = IF").expect("row_number set");
-        let seq = sql.rfind("upload_seq = IF").expect("upload_seq set");
-        let raw = sql.find("email_raw = IF").expect("email_raw set");
-        assert!(raw < rn && rn < seq, "{sql}");
-        assert!(!sql.contains("INSERT IGNORE"));
+    fn values_clauses_number_postgres_placeholders_across_rows() {
+        let mut sql = String::new();
+        values_clause(Dialect::Postgres, 2, 3, &mut sql);
+        assert_eq!(sql, "($1, $2, $3), ($4, $5, $6)");
+        let mut sql = String::new();
+        values_clause(Dialect::MySql, 2, 2, &mut sql);
+        assert_eq!(sql, "(?, ?), (?, ?)");
     }
 }

@@ -97,7 +97,7 @@ const UPLOAD_COLUMNS: &str = "seq, id, status, file_name, size_bytes, sha256, en
      created_at_ms, updated_at_ms, completed_at_ms";
 
 fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
-    Ok(UploadRecord {
+    let mut record = UploadRecord {
         seq: row.try_get("seq")?,
         upload_id: row.try_get("id")?,
         status: UploadStatus::parse(&row.try_get::<String, _>("status")?),
@@ -119,7 +119,13 @@ fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         completed_at_ms: row.try_get("completed_at_ms")?,
-    })
+    };
+    // `rows_inserted` is kept exact by every batch; duplicates follow from
+    // it, so a later displacement (an earlier upload's row arriving late)
+    // shows in both uploads' counts.
+    let c = &mut record.counts;
+    c.duplicates = (c.processed - c.rejected - c.inserted).max(0);
+    Ok(record)
 }
 
 /// What the upload service reports when the body has been read.
@@ -267,42 +273,22 @@ impl Store {
     /// the conditional update makes exactly one caller win. Returns true for
     /// that caller.
     pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let claimed = sqlx::query(self.q(
-            "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ? \
+            "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ?, \
+             rows_duplicate = rows_processed - rows_rejected - rows_inserted \
              WHERE id = ? AND status IN ('queued', 'processing') AND rows_processed >= rows_enqueued",
         ))
         .bind(now)
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if claimed == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let inserted: i64 =
-            sqlx::query_scalar(self.q("SELECT COUNT(*) FROM contacts WHERE upload_id = ?"))
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query(self.q(
-            "UPDATE uploads SET rows_inserted = ?, rows_duplicate = rows_processed - rows_rejected - ? \
-             WHERE id = ?",
-        ))
-        .bind(inserted)
-        .bind(inserted)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(claimed > 0)
     }
 
-    /// One upload with live counts (inserted/duplicates are computed while
-    /// the upload is still in progress, stored once it completed).
+    /// One upload with its live counts.
     pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
         let row = sqlx::query(self.q(&format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"
@@ -312,16 +298,6 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mut record = record_from_row(&row)?;
-        if record.status != UploadStatus::Completed {
-            let inserted: i64 =
-                sqlx::query_scalar(self.q("SELECT COUNT(*) FROM contacts WHERE upload_id = ?"))
-                    .bind(id)
-                    .fetch_one(&self.pool)
-                    .await?;
-            record.counts.inserted = inserted;
-            record.counts.duplicates =
-                (record.counts.processed - record.counts.rejected - inserted).max(0);
-        }
         let reasons = sqlx::query(self.q(
             "SELECT reason, COUNT(*) AS n FROM rejected_rows WHERE upload_id = ? GROUP BY reason",
         ))
