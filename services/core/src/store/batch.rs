@@ -212,35 +212,28 @@ impl Store {
             return Ok(owners);
         }
         let dialect = self.dialect;
-        let rows = if dialect == Dialect::Postgres {
-            let emails: Vec<&str> = contested.iter().map(|(e, _)| *e).collect();
-            sqlx::query(
-                "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts \
-                 WHERE email IN (SELECT json_array_elements_text($1::json)) ORDER BY email FOR UPDATE",
-            )
-            .bind(serde_json::to_string(&emails).unwrap_or_else(|_| "[]".into()))
-            .fetch_all(&mut **tx)
-            .await?
-        } else {
-            let mut sql = dialect.sql(
-                "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts WHERE email IN (",
-            );
-            for i in 0..contested.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                dialect.placeholder(i + 1, &mut sql);
+        // Plain bind parameters, also on PostgreSQL: an IN list of known
+        // size is planned as index lookups, where a set-returning function
+        // can be planned as a scan of the whole (growing) table.
+        let mut sql = dialect.sql(
+            "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts WHERE email IN (",
+        );
+        for i in 0..contested.len() {
+            if i > 0 {
+                sql.push_str(", ");
             }
-            sql.push_str(") ORDER BY email");
-            if dialect == Dialect::MySql {
-                sql.push_str(" FOR UPDATE");
-            }
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for (e, _) in contested {
-                q = q.bind(*e);
-            }
-            q.fetch_all(&mut **tx).await?
-        };
+            dialect.placeholder(i + 1, &mut sql);
+        }
+        sql.push_str(") ORDER BY email");
+        if dialect != Dialect::Sqlite {
+            // SQLite has one writer at a time (BEGIN IMMEDIATE) already.
+            sql.push_str(" FOR UPDATE");
+        }
+        let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+        for (e, _) in contested {
+            q = q.bind(*e);
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
         for row in rows {
             owners.insert(
                 row.try_get::<String, _>(0)?,
