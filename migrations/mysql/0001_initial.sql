@@ -29,8 +29,8 @@ CREATE TABLE uploads (
     INDEX uploads_sha256_idx (sha256, created_at_ms)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+-- One record per normalized email: the email is the primary key.
 CREATE TABLE contacts (
-    id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     email         VARCHAR(320) NOT NULL COLLATE utf8mb4_bin,
     email_raw     MEDIUMTEXT   NOT NULL,
     name          TEXT         NULL,
@@ -39,8 +39,7 @@ CREATE TABLE contacts (
     upload_seq    BIGINT       NOT NULL,
     `row_number`  BIGINT       NOT NULL,
     created_at_ms BIGINT       NOT NULL,
-    CONSTRAINT contacts_email_key UNIQUE (email),
-    INDEX contacts_upload_row_idx (upload_id, `row_number`)
+    CONSTRAINT contacts_email_key PRIMARY KEY (email)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 CREATE TABLE accepted_rows (

@@ -27,8 +27,8 @@ CREATE TABLE uploads (
 );
 CREATE INDEX uploads_sha256_idx ON uploads (sha256, created_at_ms);
 
+-- One record per normalized email: the email is the primary key.
 CREATE TABLE contacts (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     email         TEXT    NOT NULL,
     email_raw     TEXT    NOT NULL,
     name          TEXT    NULL,
@@ -37,9 +37,8 @@ CREATE TABLE contacts (
     upload_seq    INTEGER NOT NULL,
     "row_number"  INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    CONSTRAINT contacts_email_key UNIQUE (email)
-);
-CREATE INDEX contacts_upload_row_idx ON contacts (upload_id, "row_number");
+    CONSTRAINT contacts_email_key PRIMARY KEY (email)
+) WITHOUT ROWID;
 
 CREATE TABLE accepted_rows (
     upload_id    TEXT    NOT NULL,

@@ -35,7 +35,7 @@ pub struct Config {
 
     /// Worker tasks in this process; each is a group member with its own
     /// blocking connection, so this many batches can be in flight at once.
-    #[arg(long, env = "ROWPIPE_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "ROWPIPE_WORKERS", default_value_t = 4)]
     pub workers: usize,
 
     /// Entries pending this long on another (presumably dead) consumer are
