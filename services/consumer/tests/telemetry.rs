@@ -12,6 +12,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -26,6 +29,28 @@ type Received = Arc<Mutex<Vec<(String, Span)>>>;
 
 async fn receive(State(spans): State<Received>, body: Bytes) -> Vec<u8> {
     if let Ok(req) = ExportTraceServiceRequest::decode(body) {
+        store(&spans, req, "http");
+    }
+    ExportTraceServiceResponse::default().encode_to_vec()
+}
+
+/// The same receiver over gRPC (the exporter's default protocol).
+struct GrpcReceiver(Received);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        store(&self.0, request.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Keep every span with its service name (suffixed with the protocol it came by).
+fn store(spans: &Received, req: ExportTraceServiceRequest, protocol: &str) {
+    {
         let mut out = spans.lock().expect("lock");
         for rs in req.resource_spans {
             let service = rs
@@ -37,12 +62,11 @@ async fn receive(State(spans): State<Received>, body: Bytes) -> Vec<u8> {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for span in ss.spans {
-                    out.push((service.clone(), span));
+                    out.push((format!("{service}/{protocol}"), span));
                 }
             }
         }
     }
-    ExportTraceServiceResponse::default().encode_to_vec()
 }
 
 fn text(v: &AnyValue) -> String {
@@ -137,6 +161,20 @@ async fn one_row_can_be_followed_from_upload_to_insert_and_metrics_match_the_cou
         .route("/v1/traces", post(receive))
         .with_state(spans.clone());
     tokio::spawn(async move { axum::serve(receiver, router).await });
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc_endpoint = format!(
+        "http://127.0.0.1:{}",
+        grpc_listener.local_addr().expect("addr").port()
+    );
+    let grpc_spans = spans.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(GrpcReceiver(grpc_spans)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener))
+            .await
+    });
 
     // The in-process upload service exports through the same standard variables.
     // SAFETY: set before any other thread of this test binary reads the environment.
@@ -155,15 +193,20 @@ async fn one_row_can_be_followed_from_upload_to_insert_and_metrics_match_the_cou
 
     let app = spawn_app(Backend::Sqlite).await;
     let ports = [free_port(), free_port()];
+    // One consumer exports over http/protobuf, the other over gRPC.
     let mut consumers: Vec<_> = ports
         .iter()
-        .map(|p| {
+        .zip([
+            (endpoint.as_str(), "http/protobuf"),
+            (grpc_endpoint.as_str(), "grpc"),
+        ])
+        .map(|(p, (otlp, protocol))| {
             let listen = format!("127.0.0.1:{p}");
             app.spawn_consumer(
                 CONSUMER_BIN,
                 &[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
                     ("OTEL_SERVICE_NAME", "rowpipe-consumer"),
                     ("ROWPIPE_METRICS_LISTEN", listen.as_str()),
                 ],
@@ -270,7 +313,7 @@ async fn one_row_can_be_followed_from_upload_to_insert_and_metrics_match_the_cou
     assert_eq!(attr(producer, "messaging.system").as_deref(), Some("redis"));
     let consumer = spans
         .iter()
-        .filter(|(service, _)| service == "rowpipe-consumer")
+        .filter(|(service, _)| service.starts_with("rowpipe-consumer/"))
         .map(|(_, s)| s)
         .find(|s| {
             s.kind == SpanKind::Consumer as i32
@@ -280,7 +323,7 @@ async fn one_row_can_be_followed_from_upload_to_insert_and_metrics_match_the_cou
         .unwrap_or_else(|| {
             let summary: Vec<String> = spans
                 .iter()
-                .filter(|(service, _)| service == "rowpipe-consumer")
+                .filter(|(service, _)| service.starts_with("rowpipe-consumer/"))
                 .map(|(_, s)| format!("{} kind={} start={:?} end={:?} links={}", s.name, s.kind, attr(s, "rowpipe.row_number_start"), attr(s, "rowpipe.row_number_end"), s.links.len()))
                 .take(20)
                 .collect();
