@@ -4,6 +4,7 @@
 
 mod delivery;
 mod pipeline;
+mod startup;
 mod validation;
 
 /// Path of the consumer binary built for this test run.
