@@ -403,6 +403,14 @@ impl TestApp {
         panic!("cannot read the group's backlog from Redis");
     }
 
+    /// Kill the test's consumer processes, then [`TestApp::cleanup`].
+    pub async fn cleanup_with(self, consumers: &mut [ConsumerProcess]) {
+        for c in consumers.iter_mut() {
+            c.kill().await;
+        }
+        self.cleanup().await;
+    }
+
     /// Stop the upload service and remove the test's database and stream.
     pub async fn cleanup(self) {
         self.trigger.trigger();

@@ -96,10 +96,7 @@ async fn run_with_consumers(
         })
         .collect();
     assert_eq!(app.pending().await, 0);
-    for p in procs.iter_mut() {
-        p.kill().await;
-    }
-    app.cleanup().await;
+    app.cleanup_with(&mut procs).await;
     (t, full)
 }
 
@@ -169,10 +166,7 @@ async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
         app.pending().await == 0
     })
     .await;
-    for p in procs.iter_mut() {
-        p.kill().await;
-    }
-    app.cleanup().await;
+    app.cleanup_with(&mut procs).await;
 }
 
 rowpipe_testkit::on_databases!(consumers_killed_at_random_lose_nothing: Sqlite, Postgres, MySql);
@@ -206,8 +200,7 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
     app.wait_completed(&id, Duration::from_secs(300)).await;
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     assert_eq!(app.pending().await, 0);
-    second.kill().await;
-    app.cleanup().await;
+    app.cleanup_with(std::slice::from_mut(&mut second)).await;
 }
 
 rowpipe_testkit::on_databases!(sigterm_drains_and_exits_zero_within_the_grace_period: Postgres, Sqlite);
@@ -279,8 +272,7 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
     assert!(line.starts_with("57,processing_failed,"), "{rejects}");
     assert!(line.contains("poisoned row"), "{line}");
     assert_eq!(app.pending().await, 0);
-    consumer.kill().await;
-    app.cleanup().await;
+    app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }
 
 rowpipe_testkit::on_databases!(a_poison_entry_is_dead_lettered_while_its_batch_goes_in: Sqlite, Postgres, MySql);
@@ -324,10 +316,7 @@ async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
     app.wait_completed(&id, Duration::from_secs(300)).await;
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     assert_eq!(app.pending().await, 0);
-    for p in procs.iter_mut() {
-        p.kill().await;
-    }
-    app.cleanup().await;
+    app.cleanup_with(&mut procs).await;
 }
 
 rowpipe_testkit::on_databases!(a_database_outage_acknowledges_nothing_and_recovers: Postgres, MySql);
@@ -375,10 +364,7 @@ async fn a_redis_restart_mid_ingest_loses_no_acknowledged_row() {
         app.pending().await == 0
     })
     .await;
-    for p in procs.iter_mut() {
-        p.kill().await;
-    }
-    app.cleanup().await;
+    app.cleanup_with(&mut procs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,6 +424,5 @@ async fn a_stalled_group_makes_a_large_upload_wait_within_the_backlog_bound() {
     assert_eq!(body["rows_enqueued"], 30_000);
     app.wait_completed(&id, Duration::from_secs(120)).await;
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
-    consumer.kill().await;
-    app.cleanup().await;
+    app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }

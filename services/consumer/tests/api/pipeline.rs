@@ -38,10 +38,7 @@ async fn three_consumer_processes_store_each_email_once(backend: Backend) {
         "read = inserted + duplicates + rejected: {status}"
     );
     assert_eq!(app.pending().await, 0, "nothing left pending");
-    for c in consumers.iter_mut() {
-        c.kill().await;
-    }
-    app.cleanup().await;
+    app.cleanup_with(&mut consumers).await;
 }
 
 rowpipe_testkit::on_databases!(three_consumer_processes_store_each_email_once: Sqlite, Postgres, MySql);
@@ -66,8 +63,7 @@ async fn a_second_upload_of_the_same_file_changes_nothing(backend: Backend) {
         status["counts"]["duplicates"].as_u64(),
         Some((file.rows - file.invalid) as u64)
     );
-    consumer.kill().await;
-    app.cleanup().await;
+    app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }
 
 rowpipe_testkit::on_databases!(a_second_upload_of_the_same_file_changes_nothing: Sqlite, Postgres, MySql);

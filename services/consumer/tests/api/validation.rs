@@ -139,8 +139,7 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
             ("zoe@example.com", "zoe@example.com", Some("Zoë")),
         ]
     );
-    consumer.kill().await;
-    app.cleanup().await;
+    app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }
 
 rowpipe_testkit::on_databases!(a_file_with_every_reason_is_fully_accounted_for: Sqlite, Postgres, MySql);

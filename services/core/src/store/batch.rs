@@ -9,7 +9,7 @@
 //! 1. insert the emails nobody has (`ON CONFLICT (email) DO NOTHING`, or
 //!    MySQL's no-op `ON DUPLICATE KEY UPDATE`; never `INSERT IGNORE`, which
 //!    hides other errors). A concurrent insert of the same email is waited
-//!    for by the unique index, then skipped;
+//!    for by the unique index, then left alone;
 //! 2. lock the other emails' stored rows (`SELECT … ORDER BY email FOR
 //!    UPDATE`; SQLite has a single writer) and replace those held by a later
 //!    row. Once rows from earlier uploads and earlier lines are in, nothing
@@ -20,7 +20,7 @@
 //!
 //! Exactly-once effect under at-least-once delivery: every row also leaves a
 //! trace in `accepted_rows` or `rejected_rows`, keyed by (upload, row number),
-//! and rows already there are skipped. A redelivered entry therefore changes
+//! and rows already there are passed over. A redelivered entry therefore changes
 //! neither the table nor the counts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -69,7 +69,7 @@ pub struct BatchOutcome {
     pub accepted: u64,
     /// Rows recorded in the reject ledger.
     pub rejected: u64,
-    /// Rows skipped because an earlier delivery already recorded them.
+    /// Rows an earlier delivery already recorded (left unchanged).
     pub replayed: u64,
     /// Rows that became the stored row for their email (displacing or not).
     pub inserted: u64,
@@ -428,7 +428,7 @@ impl Store {
         let mut inserted: BTreeMap<String, i64> = BTreeMap::new();
         for chunk in candidates.chunks(CHUNK) {
             // 3a. Insert the emails nobody has yet (a concurrent insert of the
-            //     same email is waited for, then skipped).
+            //     same email is waited for, then left alone).
             let new_emails = self.insert_new_contacts(&mut tx, chunk, now).await?;
             // 3b. The others exist: lock them, and let the earlier row win.
             let contested: Vec<&(&str, &JudgedRow)> = chunk

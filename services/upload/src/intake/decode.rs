@@ -21,7 +21,7 @@ pub struct Utf8Decoder {
 }
 
 impl Utf8Decoder {
-    /// `forced`: an encoding named by the caller (`?encoding=`), skipping detection.
+    /// `forced`: an encoding named by the caller (`?encoding=`), used instead of detection.
     pub fn new(forced: Option<&'static Encoding>) -> Self {
         Self {
             pending: Vec::new(),
