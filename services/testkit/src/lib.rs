@@ -403,6 +403,11 @@ impl TestApp {
         panic!("cannot read the group's backlog from Redis");
     }
 
+    /// Ask the upload service to shut down (what SIGTERM does).
+    pub fn shut_down(&self) {
+        self.trigger.trigger();
+    }
+
     /// Kill the test's consumer processes, then [`TestApp::cleanup`].
     pub async fn cleanup_with(self, consumers: &mut [ConsumerProcess]) {
         for c in consumers.iter_mut() {

@@ -9,8 +9,10 @@
 
 use encoding_rs::{Decoder, Encoding, UTF_8};
 
-/// How many bytes to look at before deciding (unless the body is shorter).
-pub const SNIFF_BYTES: usize = 64 * 1024;
+/// How many bytes to look at before deciding (unless the body is shorter):
+/// enough for chardetng to tell the legacy encodings apart, small enough that
+/// rows of a slowly sent body start flowing early.
+pub const SNIFF_BYTES: usize = 16 * 1024;
 
 /// A streaming decoder that decides its encoding from the first bytes.
 pub struct Utf8Decoder {

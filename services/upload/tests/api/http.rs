@@ -245,3 +245,55 @@ async fn the_openapi_document_describes_every_route_and_status_the_service_uses(
     assert_eq!(missing.status().as_u16(), 404);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn shutdown_fails_an_in_flight_upload_cleanly_with_the_row_reached() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // A client that keeps sending rows slowly and never finishes.
+    let chunks = futures::stream::unfold(0u64, |i| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut chunk = if i == 0 {
+            "name,email\n".to_string()
+        } else {
+            String::new()
+        };
+        for r in i * 100..(i + 1) * 100 {
+            chunk.push_str(&format!("P{r},p{r}@example.com\n"));
+        }
+        Some((Ok::<_, std::io::Error>(chunk), i + 1))
+    });
+    let request = app
+        .client
+        .post(format!("{}/v1/uploads", app.address))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send();
+    let shutdown = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        app.shut_down();
+    };
+    let (resp, ()) = tokio::join!(request, shutdown);
+    let resp = resp.expect("a response, not a dropped connection");
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "shutting_down");
+    let id = body["error"]["upload_id"]
+        .as_str()
+        .expect("upload id")
+        .to_string();
+    let record = app
+        .store
+        .get_upload(&id)
+        .await
+        .expect("db")
+        .expect("record");
+    assert_eq!(record.status, rowpipe_core::store::UploadStatus::Failed);
+    assert!(
+        record.counts.read > 0,
+        "the row reached is recorded: {:?}",
+        record.counts
+    );
+    assert!(record.error.unwrap_or_default().contains("shutting down"));
+    app.cleanup().await;
+}
