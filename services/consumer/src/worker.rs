@@ -72,22 +72,17 @@ impl Health {
 struct Delivered {
     id: String,
     entry: Result<StreamEntry, String>,
-    fields: Vec<(String, String)>,
+    /// The raw fields, kept (not copied) for dead-lettering undecodable entries.
+    raw: HashMap<String, redis::Value>,
 }
 
 impl Delivered {
     fn from_stream_id(s: StreamId) -> Self {
         let entry = StreamEntry::from_map(&s.map).map_err(|e| e.to_string());
-        let mut fields: Vec<(String, String)> = s
-            .map
-            .iter()
-            .map(|(k, v)| (k.clone(), stream::entry::value_to_string(v)))
-            .collect();
-        fields.sort();
         Self {
             id: s.id,
             entry,
-            fields,
+            raw: s.map,
         }
     }
 }
@@ -350,7 +345,8 @@ impl Worker {
         );
         rowpipe_core::telemetry::record_trace_ids(&span);
         let mut linked: HashSet<String> = HashSet::new();
-        let mut rows: Vec<(String, JudgedRow)> = Vec::with_capacity(delivered.len());
+        let mut ids: Vec<String> = Vec::with_capacity(delivered.len());
+        let mut rows: Vec<JudgedRow> = Vec::with_capacity(delivered.len());
         let mut poison: Vec<(Delivered, String)> = Vec::new();
         for d in delivered {
             let times = deliveries.get(&d.id).copied().unwrap_or(1);
@@ -372,7 +368,8 @@ impl Worker {
                         }
                     }
                     let seq = self.upload_seq_of(entry).unwrap_or(i64::MAX / 2);
-                    rows.push((d.id.clone(), judge(entry, seq, policy)));
+                    ids.push(d.id.clone());
+                    rows.push(judge(entry, seq, policy));
                 }
                 Ok(_) => {
                     let why = format!("delivered {times} times without success");
@@ -385,13 +382,13 @@ impl Worker {
             }
         }
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-            span.record("rowpipe.upload_id", first.1.upload_id.as_str());
-            span.record("rowpipe.row_number_start", first.1.row_number);
-            span.record("rowpipe.row_number_end", last.1.row_number);
+            span.record("rowpipe.upload_id", first.upload_id.as_str());
+            span.record("rowpipe.row_number_start", first.row_number);
+            span.record("rowpipe.row_number_end", last.row_number);
         }
 
         let result = self
-            .store_rows(rows, shutdown, &mut report)
+            .store_rows(ids, rows, shutdown, &mut report)
             .instrument(span.clone())
             .await;
         for (d, why) in poison {
@@ -404,18 +401,18 @@ impl Worker {
     }
 
     /// Store rows with the retry rules from the module docs, then acknowledge.
+    /// `ids[i]` is the stream entry of `rows[i]`.
     async fn store_rows(
         &mut self,
-        rows: Vec<(String, JudgedRow)>,
+        ids: Vec<String>,
+        rows: Vec<JudgedRow>,
         shutdown: &Shutdown,
         report: &mut BatchReport,
     ) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let judged: Vec<JudgedRow> = rows.iter().map(|(_, r)| r.clone()).collect();
-        let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-        match self.apply_with_retry(&judged, shutdown).await {
+        match self.apply_with_retry(&rows, shutdown).await {
             Ok(Some(outcome)) => {
                 self.ack(&ids).await?;
                 report.acknowledged += ids.len();
@@ -430,7 +427,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "batch failed; retrying its rows one by one");
-                for (id, row) in rows {
+                for (id, row) in ids.into_iter().zip(rows) {
                     match self.store.apply_batch(std::slice::from_ref(&row)).await {
                         Ok(outcome) => {
                             self.ack(std::slice::from_ref(&id)).await?;
@@ -654,7 +651,12 @@ impl Worker {
             let row = judge(entry, seq, self.config.policy());
             return self.reject_as_failed(&d.id, row, why, report).await;
         }
-        let mut dl = d.fields.clone();
+        let mut dl: Vec<(String, String)> = d
+            .raw
+            .iter()
+            .map(|(k, v)| (k.clone(), stream::entry::value_to_string(v)))
+            .collect();
+        dl.sort();
         dl.push(("source_id".into(), d.id.clone()));
         dl.push(("error".into(), why.to_string()));
         dl.push(("dead_lettered_by".into(), self.name.clone()));
