@@ -305,6 +305,19 @@ impl TestApp {
             .expect("status json")
     }
 
+    /// GET an authenticated path (e.g. a CSV export) as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// Poll the status endpoint until the upload is completed (or fail).
     pub async fn wait_completed(&self, id: &str, timeout: Duration) -> Value {
         let started = Instant::now();

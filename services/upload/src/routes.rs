@@ -204,7 +204,7 @@ async fn create_upload_inner(
     let _in_flight = InFlight::new();
     let started = std::time::Instant::now();
 
-    let (report, file_name) = if multipart {
+    let report = if multipart {
         let mut multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
@@ -234,16 +234,14 @@ async fn create_upload_inner(
                 .or(params.filename.clone());
             let seq = create_record(&state, &upload_id, &file_name, &idempotency_key).await?;
             let report = ingest(&state, &upload_id, seq, options, field).await?;
-            break (report, file_name);
+            break report;
         }
     } else {
         let file_name = params.filename.clone();
         let seq = create_record(&state, &upload_id, &file_name, &idempotency_key).await?;
         let body = request.into_body().into_data_stream().boxed();
-        let report = ingest(&state, &upload_id, seq, options, body).await?;
-        (report, file_name)
+        ingest(&state, &upload_id, seq, options, body).await?
     };
-    let _ = file_name;
 
     state
         .store
@@ -409,7 +407,7 @@ pub async fn get_rejects(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if state.store.get_upload(&id).await?.is_none() {
+    if state.store.upload_seq(&id).await?.is_none() {
         return Err(ApiError::NotFound(id));
     }
     let store = state.store.clone();
@@ -434,7 +432,7 @@ pub async fn get_duplicates(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if state.store.get_upload(&id).await?.is_none() {
+    if state.store.upload_seq(&id).await?.is_none() {
         return Err(ApiError::NotFound(id));
     }
     let store = state.store.clone();

@@ -258,16 +258,7 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
         .await
         .expect("XLEN");
     assert_eq!(dead, 1, "one entry in the dead-letter stream");
-    let rejects = app
-        .client
-        .get(format!("{}/v1/uploads/{id}/rejects", app.address))
-        .bearer_auth(rowpipe_testkit::TOKEN)
-        .send()
-        .await
-        .expect("rejects")
-        .text()
-        .await
-        .expect("text");
+    let rejects = app.get_text(&format!("/v1/uploads/{id}/rejects")).await;
     let line = rejects.lines().nth(1).unwrap_or("");
     assert!(line.starts_with("57,processing_failed,"), "{rejects}");
     assert!(line.contains("poisoned row"), "{line}");

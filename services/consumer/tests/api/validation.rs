@@ -82,16 +82,7 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
         "{status}"
     );
 
-    let csv = app
-        .client
-        .get(format!("{}/v1/uploads/{id}/rejects", app.address))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("rejects")
-        .text()
-        .await
-        .expect("text");
+    let csv = app.get_text(&format!("/v1/uploads/{id}/rejects")).await;
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("row_number,reason,message,fields"));
     let got: Vec<(i64, String)> = lines
@@ -112,16 +103,7 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
     );
     assert!(csv.contains("Oslo"), "original fields are exported");
 
-    let dups = app
-        .client
-        .get(format!("{}/v1/uploads/{id}/duplicates", app.address))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("duplicates")
-        .text()
-        .await
-        .expect("text");
+    let dups = app.get_text(&format!("/v1/uploads/{id}/duplicates")).await;
     assert_eq!(
         dups,
         "row_number,email\n2,ann@example.com\n16,user@xn--bcher-kva.de\n"
