@@ -3,6 +3,7 @@
 //! each real database. One binary, one module per concern.
 
 mod delivery;
+mod ledger;
 mod pipeline;
 mod startup;
 mod validation;

@@ -18,10 +18,17 @@
 //! Because step 2 sees who held each email, every upload's `rows_inserted`
 //! is kept exact in the same transaction, displacements included.
 //!
-//! Exactly-once effect under at-least-once delivery: every row also leaves a
-//! trace in `accepted_rows` or `rejected_rows`, keyed by (upload, row number),
-//! and rows already there are passed over. A redelivered entry therefore changes
-//! neither the table nor the counts.
+//! Exactly-once effect under at-least-once delivery: every row leaves a trace
+//! keyed by (upload, row number), and rows that already left one are passed
+//! over, so a redelivered entry changes neither the table nor the counts.
+//! The trace of a winner is its own `contacts` row (step 2 sees who holds
+//! the email); duplicates and displaced winners go to `accepted_rows`,
+//! rejects to `rejected_rows`. MySQL cannot say which rows an
+//! `INSERT … ON DUPLICATE KEY UPDATE` inserted, so there `accepted_rows`
+//! holds the winners too. A second copy of a row processed at the same time
+//! by another consumer either waits on the email's index entry and then sees
+//! its twin as the holder, or collides on a ledger's primary key and is
+//! retried, which then finds the first copy's trace.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -116,8 +123,9 @@ type Owner = (String, i64, i64);
 
 impl Store {
     /// Insert candidates whose email is not stored yet. Returns the emails
-    /// this statement inserted where the dialect can say (RETURNING); MySQL
-    /// cannot, and its inserts are recognised by [`Store::lock_owners`].
+    /// left for [`Store::lock_owners`]: those already stored where the
+    /// dialect can say (RETURNING), and on MySQL, which cannot, all of them
+    /// (its own inserts are recognised there by who holds the email).
     async fn insert_new_contacts(
         &self,
         tx: &mut Tx,
@@ -125,6 +133,7 @@ impl Store {
         now: i64,
     ) -> Result<HashSet<String>, StoreError> {
         let dialect = self.dialect;
+        let mut contested = HashSet::new();
         let rn = if dialect == Dialect::MySql {
             "`row_number`"
         } else {
@@ -133,7 +142,6 @@ impl Store {
         let cols = format!(
             "email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms"
         );
-        let mut returned = HashSet::new();
         if dialect == Dialect::Postgres {
             let json: Vec<serde_json::Value> = chunk
                 .iter()
@@ -150,10 +158,14 @@ impl Store {
                     _ => None,
                 })
                 .collect();
+            // Only the emails that were not inserted come back (a few per
+            // cent), not every inserted one.
             let sql = format!(
-                "INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $2 FROM json_to_recordset($1::json) \
-                 AS t(e text, r text, m text, a text, u text, s bigint, n bigint) \
-                 ON CONFLICT (email) DO NOTHING RETURNING email"
+                "WITH src AS MATERIALIZED (SELECT e, r, m, a, u, s, n FROM json_to_recordset($1::json) \
+                 AS t(e text, r text, m text, a text, u text, s bigint, n bigint)), \
+                 ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $2 FROM src \
+                 ON CONFLICT (email) DO NOTHING RETURNING email) \
+                 SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(serde_json::Value::Array(json).to_string())
@@ -161,9 +173,9 @@ impl Store {
                 .fetch_all(&mut **tx)
                 .await?;
             for row in rows {
-                returned.insert(row.try_get::<String, _>(0)?);
+                contested.insert(row.try_get::<String, _>(0)?);
             }
-            return Ok(returned);
+            return Ok(contested);
         }
         let mut sql = format!("INSERT INTO contacts ({cols}) VALUES ");
         values_clause(dialect, chunk.len(), 8, &mut sql);
@@ -193,12 +205,20 @@ impl Store {
         }
         if dialect == Dialect::MySql {
             q.execute(&mut **tx).await?;
+            contested.extend(chunk.iter().map(|(e, _)| e.to_string()));
         } else {
+            let mut inserted = HashSet::new();
             for row in q.fetch_all(&mut **tx).await? {
-                returned.insert(row.try_get::<String, _>(0)?);
+                inserted.insert(row.try_get::<String, _>(0)?);
             }
+            contested.extend(
+                chunk
+                    .iter()
+                    .filter(|(e, _)| !inserted.contains(*e))
+                    .map(|(e, _)| e.to_string()),
+            );
         }
-        Ok(returned)
+        Ok(contested)
     }
 
     /// Lock the stored rows of these emails (in email order) and say who holds each.
@@ -276,6 +296,49 @@ impl Store {
         Ok(())
     }
 
+    /// Record rows in the `accepted_rows` ledger (duplicates, displaced
+    /// winners, and on MySQL every accepted row).
+    async fn insert_ledger(
+        &self,
+        tx: &mut Tx,
+        rows: &[(&str, i64, &str)],
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect;
+        if dialect == Dialect::Postgres {
+            // One JSON parameter instead of thousands of binds: PostgreSQL
+            // plans and runs a set-returning function much faster than a
+            // huge VALUES list.
+            for chunk in rows.chunks(CHUNK * 5) {
+                let json: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .map(|(u, n, e)| serde_json::json!({ "u": u, "n": n, "e": e }))
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
+                     SELECT u, n, e FROM json_to_recordset($1::json) AS t(u text, n bigint, e text)",
+                )
+                .bind(serde_json::Value::Array(json).to_string())
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(());
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let sql = insert_sql(
+                dialect,
+                "accepted_rows (upload_id, \"row_number\", email)",
+                chunk.len(),
+                3,
+            );
+            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+            for (u, n, e) in chunk {
+                q = q.bind(*u).bind(*n).bind(*e);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// Store a batch in one transaction; see the module docs for the rules.
     pub async fn apply_batch(&self, rows: &[JudgedRow]) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
@@ -283,6 +346,11 @@ impl Store {
             return Ok(outcome);
         }
         let dialect = self.dialect;
+        // MySQL cannot say which rows an `INSERT … ON DUPLICATE KEY UPDATE`
+        // inserted, so there the ledger also holds the winners; elsewhere
+        // `RETURNING` (and SQLite's single writer) tells a fresh insert from
+        // a redelivered winner, and the winner's own contact row is its trace.
+        let ledger_winners = dialect == Dialect::MySql;
         let mut tx = match dialect {
             // Take the write lock up front: a deferred transaction that reads
             // first and writes later can fail with SQLITE_BUSY instead of waiting.
@@ -290,7 +358,8 @@ impl Store {
             _ => self.pool.begin().await?,
         };
 
-        // 1. Which of these rows were already recorded by an earlier delivery?
+        // 1. Which of these rows did an earlier delivery already record in a
+        //    ledger? (Redelivered winners are recognised in step 3.)
         let mut ranges: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for r in rows {
             let e = ranges
@@ -318,6 +387,8 @@ impl Store {
                 seen.insert((upload, row.try_get::<i64, _>("rn")?));
             }
         }
+        // Also drops a second copy of a row within the batch (an upload that
+        // re-sent a batch of `XADD`s after a partial failure).
         let mut fresh: Vec<&JudgedRow> = Vec::with_capacity(rows.len());
         for r in rows {
             if seen.insert((r.upload_id.as_str(), r.row_number)) {
@@ -330,60 +401,19 @@ impl Store {
         fresh.sort_by(|a, b| (&a.upload_id, a.row_number).cmp(&(&b.upload_id, b.row_number)));
 
         let now = now_ms();
-        let accepted: Vec<&JudgedRow> = fresh
-            .iter()
-            .copied()
-            .filter(|r| matches!(r.verdict, RowVerdict::Accept { .. }))
-            .collect();
-        let rejected: Vec<&JudgedRow> = fresh
-            .iter()
-            .copied()
-            .filter(|r| matches!(r.verdict, RowVerdict::Reject { .. }))
-            .collect();
-
-        // 2. The ledgers.
-        if dialect == Dialect::Postgres {
-            // One JSON parameter instead of thousands of binds: PostgreSQL
-            // plans and runs a set-returning function much faster than a
-            // huge VALUES list.
-            for chunk in accepted.chunks(CHUNK * 5) {
-                let json: Vec<serde_json::Value> = chunk
-                    .iter()
-                    .filter_map(|r| match &r.verdict {
-                        RowVerdict::Accept { email, .. } => Some(serde_json::json!({
-                            "u": r.upload_id, "n": r.row_number, "e": email
-                        })),
-                        _ => None,
-                    })
-                    .collect();
-                sqlx::query(
-                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
-                     SELECT u, n, e FROM json_to_recordset($1::json) AS t(u text, n bigint, e text)",
-                )
-                .bind(serde_json::Value::Array(json).to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
-        } else {
-            for chunk in accepted.chunks(CHUNK) {
-                let sql = insert_sql(
-                    dialect,
-                    "accepted_rows (upload_id, \"row_number\", email)",
-                    chunk.len(),
-                    3,
-                );
-                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-                for r in chunk {
-                    if let RowVerdict::Accept { email, .. } = &r.verdict {
-                        q = q
-                            .bind(r.upload_id.as_str())
-                            .bind(r.row_number)
-                            .bind(email.as_str());
-                    }
+        let mut rejected: Vec<&JudgedRow> = Vec::new();
+        // Valid rows by email, in file order within each upload.
+        let mut by_email: HashMap<&str, Vec<&JudgedRow>> = HashMap::new();
+        for r in &fresh {
+            match &r.verdict {
+                RowVerdict::Accept { email, .. } => {
+                    by_email.entry(email.as_str()).or_default().push(r)
                 }
-                q.execute(&mut *tx).await?;
+                RowVerdict::Reject { .. } => rejected.push(r),
             }
         }
+
+        // 2. The reject ledger.
         for chunk in rejected.chunks(CHUNK) {
             let sql = insert_sql(
                 dialect,
@@ -413,56 +443,95 @@ impl Store {
         }
 
         // 3. The contacts: one candidate per email (the earliest), in email order.
-        let mut best: HashMap<&str, &JudgedRow> = HashMap::new();
-        for r in &accepted {
-            if let RowVerdict::Accept { email, .. } = &r.verdict {
-                let slot = best.entry(email.as_str()).or_insert(r);
-                if (r.upload_seq, r.row_number) < (slot.upload_seq, slot.row_number) {
-                    *slot = r;
-                }
-            }
-        }
-        let mut candidates: Vec<(&str, &JudgedRow)> = best.into_iter().collect();
+        let mut candidates: Vec<(&str, &JudgedRow)> = by_email
+            .iter()
+            .filter_map(|(email, group)| {
+                group
+                    .iter()
+                    .min_by_key(|r| (r.upload_seq, r.row_number))
+                    .map(|r| (*email, *r))
+            })
+            .collect();
         candidates.sort_by(|a, b| a.0.cmp(b.0));
         // Net change of each upload's stored rows (winners in, displaced out).
         let mut inserted: BTreeMap<String, i64> = BTreeMap::new();
+        // Rows this batch leaves in the accepted ledger: (upload, row, email).
+        let mut ledger: Vec<(&str, i64, &str)> = Vec::new();
+        // Rows of this batch an earlier delivery already made the stored row.
+        let mut replayed_winners: HashSet<(&str, i64)> = HashSet::new();
+        let mut displaced_owners: Vec<(Owner, &str)> = Vec::new();
         for chunk in candidates.chunks(CHUNK) {
             // 3a. Insert the emails nobody has yet (a concurrent insert of the
             //     same email is waited for, then left alone).
-            let new_emails = self.insert_new_contacts(&mut tx, chunk, now).await?;
+            let contested = self.insert_new_contacts(&mut tx, chunk, now).await?;
             // 3b. The others exist: lock them, and let the earlier row win.
-            let contested: Vec<&(&str, &JudgedRow)> = chunk
+            let to_lock: Vec<&(&str, &JudgedRow)> = chunk
                 .iter()
-                .filter(|(email, _)| !new_emails.contains(*email))
+                .filter(|(email, _)| contested.contains(*email))
                 .collect();
-            let owners = self.lock_owners(&mut tx, &contested).await?;
+            let owners = self.lock_owners(&mut tx, &to_lock).await?;
             for (email, r) in chunk {
-                if new_emails.contains(*email) {
+                let winner = if !contested.contains(*email) {
                     *inserted.entry(r.upload_id.clone()).or_default() += 1;
                     outcome.inserted += 1;
-                    continue;
-                }
-                let Some(owner) = owners.get(*email) else {
-                    continue;
+                    Some((r.upload_id.as_str(), r.row_number))
+                } else if let Some(owner) = owners.get(*email) {
+                    let held_by_row =
+                        |x: &JudgedRow| owner.0 == x.upload_id && owner.2 == x.row_number;
+                    if held_by_row(r) && ledger_winners {
+                        // Inserted by 3a (MySQL has no RETURNING; its ledger
+                        // already told a redelivered winner apart in step 1).
+                        *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                        outcome.inserted += 1;
+                    } else if let Some(x) = by_email[*email].iter().find(|x| held_by_row(x)) {
+                        // An earlier delivery of this row is the stored row.
+                        replayed_winners.insert((x.upload_id.as_str(), x.row_number));
+                    }
+                    if (owner.1, owner.2) > (r.upload_seq, r.row_number) {
+                        self.displace(&mut tx, email, r, now).await?;
+                        *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                        *inserted.entry(owner.0.clone()).or_default() -= 1;
+                        outcome.inserted += 1;
+                        outcome.displaced += 1;
+                        if !ledger_winners {
+                            displaced_owners.push((owner.clone(), *email));
+                        }
+                        Some((r.upload_id.as_str(), r.row_number))
+                    } else {
+                        // The stored row stays: every row here is a duplicate
+                        // (or that very row, redelivered).
+                        None
+                    }
+                } else {
+                    None
                 };
-                if owner.0 == r.upload_id && owner.2 == r.row_number {
-                    // Inserted by 3a (dialects without RETURNING).
-                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
-                    outcome.inserted += 1;
-                } else if (owner.1, owner.2) > (r.upload_seq, r.row_number) {
-                    self.displace(&mut tx, email, r, now).await?;
-                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
-                    *inserted.entry(owner.0.clone()).or_default() -= 1;
-                    outcome.inserted += 1;
-                    outcome.displaced += 1;
+                for x in &by_email[*email] {
+                    let key = (x.upload_id.as_str(), x.row_number);
+                    let is_winner = winner == Some(key);
+                    if replayed_winners.contains(&key) || (is_winner && !ledger_winners) {
+                        continue;
+                    }
+                    ledger.push((x.upload_id.as_str(), x.row_number, *email));
                 }
             }
         }
+        let displaced_rows: Vec<(&str, i64, &str)> = displaced_owners
+            .iter()
+            .map(|((upload, _, row), email)| (upload.as_str(), *row, *email))
+            .collect();
+        ledger.extend(displaced_rows);
+        ledger.sort_unstable();
+        // 4. The accepted ledger: duplicates (and displaced winners).
+        self.insert_ledger(&mut tx, &ledger).await?;
+        outcome.replayed += replayed_winners.len() as u64;
 
-        // 4. Per-upload progress, last: the hot `uploads` rows are locked for
+        // 5. Per-upload progress, last: the hot `uploads` rows are locked for
         //    as short a time as possible, in id order.
         let mut per_upload: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
         for r in &fresh {
+            if replayed_winners.contains(&(r.upload_id.as_str(), r.row_number)) {
+                continue;
+            }
             let e = per_upload.entry(r.upload_id.clone()).or_default();
             e.0 += 1;
             if matches!(r.verdict, RowVerdict::Reject { .. }) {
@@ -490,7 +559,7 @@ impl Store {
         }
         tx.commit().await?;
 
-        outcome.accepted = accepted.len() as u64;
+        outcome.accepted = (fresh.len() - rejected.len()) as u64 - replayed_winners.len() as u64;
         outcome.rejected = rejected.len() as u64;
         outcome.uploads = per_upload.keys().cloned().collect();
         Ok(outcome)

@@ -1,0 +1,167 @@
+//! The batch rules of `Store::apply_batch`, driven one batch at a time on
+//! each real database: redelivery (the same batch again, a batch split
+//! differently, a winner that was displaced meanwhile) changes neither the
+//! table nor the counts, and the duplicates export lists exactly the losers.
+
+use rowpipe_core::config::DatabaseConfig;
+use rowpipe_core::store::{JudgedRow, NewUpload, RowVerdict, Store};
+use rowpipe_testkit::{Backend, TestDb};
+
+fn valid(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {
+    JudgedRow {
+        upload_id: upload.into(),
+        upload_seq: seq,
+        row_number: row,
+        verdict: RowVerdict::Accept {
+            email: email.to_lowercase(),
+            email_raw: email.into(),
+            name: Some(format!("row {row}")),
+            attributes: None,
+        },
+    }
+}
+
+async fn store_for(db: &TestDb) -> Store {
+    let store = Store::connect(&DatabaseConfig {
+        database_url: db.url.clone(),
+        db_max_connections: 4,
+    })
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn new_upload(store: &Store, id: &str) -> i64 {
+    store
+        .create_upload(&NewUpload {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create upload")
+}
+
+/// (email, upload, row) of every stored contact.
+async fn stored(store: &Store) -> Vec<(String, String, i64)> {
+    let sql = match store.dialect() {
+        rowpipe_core::store::Dialect::MySql => {
+            "SELECT email, upload_id, `row_number` FROM contacts ORDER BY email"
+        }
+        _ => "SELECT email, upload_id, \"row_number\" FROM contacts ORDER BY email",
+    };
+    sqlx::query_as::<_, (String, String, i64)>(sql)
+        .fetch_all(store.pool())
+        .await
+        .expect("dump contacts")
+}
+
+/// (processed, inserted, rejected) as counted in `uploads`.
+async fn counts(store: &Store, id: &str) -> (i64, i64, i64) {
+    let u = store
+        .get_upload(id)
+        .await
+        .expect("get upload")
+        .expect("upload exists");
+    (u.counts.processed, u.counts.inserted, u.counts.rejected)
+}
+
+async fn duplicates(store: &Store, id: &str) -> Vec<i64> {
+    store
+        .duplicate_rows_page(id, 0, 1000)
+        .await
+        .expect("duplicates page")
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect()
+}
+
+async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Backend) {
+    let db = TestDb::create(backend).await.expect("test database");
+    let store = store_for(&db).await;
+    let a_seq = new_upload(&store, "a").await;
+    let b_seq = new_upload(&store, "b").await;
+
+    // Upload "a": rows 1..=6, where 2 and 5 repeat the email of 1 (5 only
+    // in case; `valid` lower-cases like the email policy does).
+    let a: Vec<JudgedRow> = vec![
+        valid("a", a_seq, 1, "one@example.com"),
+        valid("a", a_seq, 2, "one@example.com"),
+        valid("a", a_seq, 3, "three@example.com"),
+        valid("a", a_seq, 4, "four@example.com"),
+        valid("a", a_seq, 5, "ONE@example.com"),
+        valid("a", a_seq, 6, "six@example.com"),
+    ];
+    // Later rows first: row 5 holds one@ until row 1 arrives.
+    let first = store.apply_batch(&a[3..]).await.expect("batch 4..6");
+    assert_eq!(first.inserted, 3, "four@, one@ (row 5) and six@ are new");
+    let second = store.apply_batch(&a[..3]).await.expect("batch 1..3");
+    assert_eq!(
+        second.displaced, 1,
+        "row 1 displaces row 5 as holder of one@"
+    );
+    let table = stored(&store).await;
+    let expected = vec![
+        ("four@example.com".to_string(), "a".to_string(), 4),
+        ("one@example.com".to_string(), "a".to_string(), 1),
+        ("six@example.com".to_string(), "a".to_string(), 6),
+        ("three@example.com".to_string(), "a".to_string(), 3),
+    ];
+    assert_eq!(table, expected);
+    assert_eq!(counts(&store, "a").await, (6, 4, 0));
+    assert_eq!(duplicates(&store, "a").await, vec![2, 5]);
+
+    // Every row again, in one batch and then split differently, twice over
+    // (at-least-once delivery): nothing changes, everything is a replay.
+    let again = store.apply_batch(&a).await.expect("replay all");
+    assert_eq!(again.replayed, 6, "{again:?}");
+    assert_eq!((again.inserted, again.accepted), (0, 0), "{again:?}");
+    for part in [&a[..2], &a[2..5], &a[5..]] {
+        let o = store.apply_batch(part).await.expect("replay part");
+        assert_eq!(o.replayed as usize, part.len(), "{o:?}");
+    }
+    // Two copies of one row inside one batch count once.
+    let twice = vec![valid("a", a_seq, 7, "seven@example.com"); 2];
+    let o = store.apply_batch(&twice).await.expect("twin rows");
+    assert_eq!((o.inserted, o.replayed), (1, 1), "{o:?}");
+    assert_eq!(stored(&store).await.len(), 5);
+    assert_eq!(counts(&store, "a").await, (7, 5, 0));
+    assert_eq!(duplicates(&store, "a").await, vec![2, 5]);
+
+    // Upload "b" was accepted after "a": its row for three@ is a duplicate.
+    // A row of "a" that arrives after "b" stored bee@ displaces b's row,
+    // and redelivering the displaced row leaves it a duplicate.
+    let b = vec![
+        valid("b", b_seq, 1, "three@example.com"),
+        valid("b", b_seq, 2, "bee@example.com"),
+    ];
+    store.apply_batch(&b).await.expect("batch b");
+    assert_eq!(counts(&store, "b").await, (2, 1, 0));
+    assert_eq!(duplicates(&store, "b").await, vec![1]);
+    let a8 = vec![valid("a", a_seq, 8, "bee@example.com")];
+    let o = store.apply_batch(&a8).await.expect("a row 8");
+    assert_eq!(o.displaced, 1, "{o:?}");
+    assert_eq!(
+        counts(&store, "b").await,
+        (2, 0, 0),
+        "b's winner was displaced"
+    );
+    assert_eq!(duplicates(&store, "b").await, vec![1, 2]);
+    // The displaced row and the displacing one, redelivered together.
+    let both = vec![b[1].clone(), a8[0].clone()];
+    let o = store.apply_batch(&both).await.expect("replay b2 + a8");
+    assert_eq!(o.replayed, 2, "{o:?}");
+    assert_eq!(counts(&store, "a").await, (8, 6, 0));
+    assert_eq!(counts(&store, "b").await, (2, 0, 0));
+    let held_by_b = stored(&store)
+        .await
+        .into_iter()
+        .filter(|(_, upload, _)| upload == "b")
+        .count();
+    assert_eq!(held_by_b, 0);
+    assert_eq!(stored(&store).await.len(), 6);
+
+    store.close().await;
+    db.drop_db().await;
+}
+rowpipe_testkit::on_databases!(redelivered_batches_change_neither_the_table_nor_the_counts: Sqlite, Postgres, MySql);
