@@ -2,6 +2,11 @@ use clap::Parser;
 use rowpipe_consumer::config::Config;
 use rowpipe_consumer::startup::Application;
 
+// mimalloc: per-row strings are allocated on one runtime thread and freed on
+// another; glibc's malloc spent as much CPU on that as the program's own code.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rowpipe_core::telemetry::install_crypto_provider();

@@ -135,24 +135,46 @@ impl StreamEntry {
             .collect();
         // HashMap order is arbitrary; sort for a deterministic attribute order.
         fields.sort();
+        Self::from_fields(fields).map_err(|(e, _)| e)
+    }
+
+    /// Read an entry back from its fields in stream order (see
+    /// [`super::read_reply_entries`]), taking the strings over instead of
+    /// copying them. On error the fields come back untouched, so an
+    /// undecodable entry can be dead-lettered as it was.
+    pub fn from_fields(
+        mut fields: Vec<(String, String)>,
+    ) -> Result<Self, (EntryError, Vec<(String, String)>)> {
+        // Check the identity first, while the fields are still whole.
+        let find =
+            |fields: &[(String, String)], key: &str| fields.iter().position(|(k, _)| k == key);
+        if find(&fields, F_UPLOAD_ID).is_none() {
+            return Err((EntryError::Missing(F_UPLOAD_ID), fields));
+        }
+        let Some(ri) = find(&fields, F_ROW_NUMBER) else {
+            return Err((EntryError::Missing(F_ROW_NUMBER), fields));
+        };
+        let Ok(row_number) = fields[ri].1.trim().parse::<i64>() else {
+            let bad = fields[ri].1.clone();
+            return Err((EntryError::BadNumber(F_ROW_NUMBER, bad), fields));
+        };
+        let upload_seq = match find(&fields, F_UPLOAD_SEQ) {
+            Some(si) => match fields[si].1.trim().parse::<i64>() {
+                Ok(seq) => Some(seq),
+                Err(_) => {
+                    let bad = fields[si].1.clone();
+                    return Err((EntryError::BadNumber(F_UPLOAD_SEQ, bad), fields));
+                }
+            },
+            None => None,
+        };
         let take = |fields: &mut Vec<(String, String)>, key: &str| -> Option<String> {
             let i = fields.iter().position(|(k, _)| k == key)?;
             Some(fields.remove(i).1)
         };
-        let upload_id = take(&mut fields, F_UPLOAD_ID).ok_or(EntryError::Missing(F_UPLOAD_ID))?;
-        let row_text = take(&mut fields, F_ROW_NUMBER).ok_or(EntryError::Missing(F_ROW_NUMBER))?;
-        let row_number = row_text
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| EntryError::BadNumber(F_ROW_NUMBER, row_text.clone()))?;
-        let upload_seq = match take(&mut fields, F_UPLOAD_SEQ) {
-            Some(s) => Some(
-                s.trim()
-                    .parse::<i64>()
-                    .map_err(|_| EntryError::BadNumber(F_UPLOAD_SEQ, s.clone()))?,
-            ),
-            None => None,
-        };
+        let upload_id = take(&mut fields, F_UPLOAD_ID).unwrap_or_default();
+        take(&mut fields, F_ROW_NUMBER);
+        take(&mut fields, F_UPLOAD_SEQ);
         let mut trace = Vec::new();
         for key in [F_TRACEPARENT, F_TRACESTATE] {
             if let Some(v) = take(&mut fields, key) {
@@ -234,6 +256,17 @@ impl StreamEntry {
                 serde_json::Value::Object(obj).to_string()
             }
         }
+    }
+}
+
+/// Any Redis value as text, taking a bulk string's bytes over when they are
+/// valid UTF-8 (the norm) instead of copying them.
+pub fn value_into_string(v: Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        Value::SimpleString(s) => s,
+        other => value_to_string(&other),
     }
 }
 
