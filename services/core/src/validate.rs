@@ -151,7 +151,13 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
     if trimmed.is_empty() {
         return reject(MissingEmail, "the email field is empty");
     }
-    let nfc: String = trimmed.nfc().collect();
+    // ASCII text is already in NFC: the common case costs no copy.
+    let nfc: std::borrow::Cow<'_, str> = if trimmed.is_ascii() {
+        std::borrow::Cow::Borrowed(trimmed)
+    } else {
+        std::borrow::Cow::Owned(trimmed.nfc().collect())
+    };
+    let nfc: &str = &nfc;
     if let Some(c) = nfc.chars().find(|c| c.is_whitespace()) {
         return reject(
             WhitespaceInside,
@@ -179,7 +185,7 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
                 "quoted local parts (\"…\"@domain) are not accepted",
             );
         }
-        return validate_quoted(&nfc);
+        return validate_quoted(nfc);
     }
     let at_count = nfc.matches('@').count();
     if at_count == 0 {
@@ -191,7 +197,7 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
             format!("the address has {at_count} @ signs; exactly one is expected"),
         );
     }
-    let (local, domain) = nfc.split_once('@').unwrap_or((&nfc, ""));
+    let (local, domain) = nfc.split_once('@').unwrap_or((nfc, ""));
     if local.is_empty() {
         return reject(InvalidSyntax, "nothing before the @");
     }
@@ -250,8 +256,18 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
 }
 
 fn normalize_parts(local: &str, ascii_domain: &str) -> String {
-    let lower: String = local.to_lowercase().nfc().collect();
-    format!("{lower}@{}", ascii_domain.to_ascii_lowercase())
+    let mut out = String::with_capacity(local.len() + 1 + ascii_domain.len());
+    if local.is_ascii() {
+        out.push_str(local);
+        out.make_ascii_lowercase();
+    } else {
+        out.extend(local.to_lowercase().nfc());
+    }
+    out.push('@');
+    let at = out.len();
+    out.push_str(ascii_domain);
+    out[at..].make_ascii_lowercase();
+    out
 }
 
 /// Lower-cased ASCII form of a domain, with the label rules applied.
@@ -274,7 +290,14 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
             format!("the domain {domain:?} has an empty label (a leading, trailing or double dot)"),
         );
     }
-    let ascii = match idna::domain_to_ascii(domain) {
+    // Plain ASCII host names (the common case) only need lower-casing; IDNA
+    // is for Unicode labels and for `xn--` labels, which must decode.
+    let plain = domain.is_ascii() && !domain.to_ascii_lowercase().contains("xn--");
+    let ascii = match plain {
+        true => Ok(domain.to_ascii_lowercase()),
+        false => idna::domain_to_ascii(domain),
+    };
+    let ascii = match ascii {
         Ok(a) => a,
         Err(_) => {
             return reject(

@@ -88,6 +88,9 @@ pub struct BatchOutcome {
     pub uploads: Vec<String>,
 }
 
+/// Progress rows per upload (see [`Store::apply_batch`], step 5).
+const PROGRESS_SLOTS: i64 = 64;
+
 /// Rows per multi-row statement: well under every dialect's bind limit
 /// (PostgreSQL and MySQL 65,535; SQLite 32,766) at 8 binds a row.
 const CHUNK: usize = 1000;
@@ -118,6 +121,37 @@ fn insert_sql(dialect: Dialect, table_and_cols: &str, rows: usize, cols: usize) 
 
 type Tx = sqlx::Transaction<'static, Any>;
 
+/// A contact as one element of PostgreSQL's `json_to_recordset` parameter
+/// (serialized straight from the borrowed row: no JSON tree per row).
+#[derive(serde::Serialize)]
+struct ContactJson<'a> {
+    e: &'a str,
+    r: &'a str,
+    m: Option<&'a str>,
+    a: Option<&'a str>,
+    u: &'a str,
+    s: i64,
+    n: i64,
+}
+
+/// An `accepted_rows` line, likewise.
+#[derive(serde::Serialize)]
+struct LedgerJson<'a> {
+    u: &'a str,
+    n: i64,
+    e: &'a str,
+}
+
+/// Add `delta` to `map[key]`, allocating the key only the first time.
+fn bump(map: &mut BTreeMap<String, i64>, key: &str, delta: i64) {
+    match map.get_mut(key) {
+        Some(v) => *v += delta,
+        None => {
+            map.insert(key.to_string(), delta);
+        }
+    }
+}
+
 /// Who holds an email now: (upload id, upload seq, row number).
 type Owner = (String, i64, i64);
 
@@ -143,7 +177,7 @@ impl Store {
             "email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms"
         );
         if dialect == Dialect::Postgres {
-            let json: Vec<serde_json::Value> = chunk
+            let json: Vec<ContactJson<'_>> = chunk
                 .iter()
                 .filter_map(|(_, r)| match &r.verdict {
                     RowVerdict::Accept {
@@ -151,13 +185,19 @@ impl Store {
                         email_raw,
                         name,
                         attributes,
-                    } => Some(serde_json::json!({
-                        "e": email, "r": email_raw, "m": name, "a": attributes,
-                        "u": r.upload_id, "s": r.upload_seq, "n": r.row_number,
-                    })),
+                    } => Some(ContactJson {
+                        e: email,
+                        r: email_raw,
+                        m: name.as_deref(),
+                        a: attributes.as_deref(),
+                        u: &r.upload_id,
+                        s: r.upload_seq,
+                        n: r.row_number,
+                    }),
                     _ => None,
                 })
                 .collect();
+            let json = serde_json::to_string(&json)?;
             // Only the emails that were not inserted come back (a few per
             // cent), not every inserted one.
             let sql = format!(
@@ -168,7 +208,7 @@ impl Store {
                  SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind(serde_json::Value::Array(json).to_string())
+                .bind(json)
                 .bind(now)
                 .fetch_all(&mut **tx)
                 .await?;
@@ -309,15 +349,15 @@ impl Store {
             // plans and runs a set-returning function much faster than a
             // huge VALUES list.
             for chunk in rows.chunks(CHUNK * 5) {
-                let json: Vec<serde_json::Value> = chunk
+                let json: Vec<LedgerJson<'_>> = chunk
                     .iter()
-                    .map(|(u, n, e)| serde_json::json!({ "u": u, "n": n, "e": e }))
+                    .map(|&(u, n, e)| LedgerJson { u, n, e })
                     .collect();
                 sqlx::query(
                     "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
                      SELECT u, n, e FROM json_to_recordset($1::json) AS t(u text, n bigint, e text)",
                 )
-                .bind(serde_json::Value::Array(json).to_string())
+                .bind(serde_json::to_string(&json)?)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -472,7 +512,7 @@ impl Store {
             let owners = self.lock_owners(&mut tx, &to_lock).await?;
             for (email, r) in chunk {
                 let winner = if !contested.contains(*email) {
-                    *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                    bump(&mut inserted, &r.upload_id, 1);
                     outcome.inserted += 1;
                     Some((r.upload_id.as_str(), r.row_number))
                 } else if let Some(owner) = owners.get(*email) {
@@ -481,7 +521,7 @@ impl Store {
                     if held_by_row(r) && ledger_winners {
                         // Inserted by 3a (MySQL has no RETURNING; its ledger
                         // already told a redelivered winner apart in step 1).
-                        *inserted.entry(r.upload_id.clone()).or_default() += 1;
+                        bump(&mut inserted, &r.upload_id, 1);
                         outcome.inserted += 1;
                     } else if let Some(x) = by_email[*email].iter().find(|x| held_by_row(x)) {
                         // An earlier delivery of this row is the stored row.
@@ -489,8 +529,8 @@ impl Store {
                     }
                     if (owner.1, owner.2) > (r.upload_seq, r.row_number) {
                         self.displace(&mut tx, email, r, now).await?;
-                        *inserted.entry(r.upload_id.clone()).or_default() += 1;
-                        *inserted.entry(owner.0.clone()).or_default() -= 1;
+                        bump(&mut inserted, &r.upload_id, 1);
+                        bump(&mut inserted, &owner.0, -1);
                         outcome.inserted += 1;
                         outcome.displaced += 1;
                         if !ledger_winners {
@@ -525,43 +565,73 @@ impl Store {
         self.insert_ledger(&mut tx, &ledger).await?;
         outcome.replayed += replayed_winners.len() as u64;
 
-        // 5. Per-upload progress, last: the hot `uploads` rows are locked for
-        //    as short a time as possible, in id order.
-        let mut per_upload: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+        // 5. Per-upload progress, last, into one of the upload's progress
+        //    slots picked at random: concurrent batches of one upload rarely
+        //    meet on a row lock (see migrations/*/0002_upload_progress.sql).
+        let mut per_upload: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
         for r in &fresh {
             if replayed_winners.contains(&(r.upload_id.as_str(), r.row_number)) {
                 continue;
             }
-            let e = per_upload.entry(r.upload_id.clone()).or_default();
+            let e = per_upload.entry(r.upload_id.as_str()).or_default();
             e.0 += 1;
             if matches!(r.verdict, RowVerdict::Reject { .. }) {
                 e.1 += 1;
             }
         }
         for (upload, delta) in &inserted {
-            per_upload.entry(upload.clone()).or_default().2 += delta;
+            per_upload.entry(upload.as_str()).or_default().2 += delta;
         }
+        let slot: i64 = rand::random_range(0..PROGRESS_SLOTS);
+        let upsert = match dialect {
+            Dialect::MySql => {
+                "INSERT INTO upload_progress (upload_id, slot, rows_processed, rows_rejected, rows_inserted, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 rows_processed = rows_processed + VALUES(rows_processed), \
+                 rows_rejected = rows_rejected + VALUES(rows_rejected), \
+                 rows_inserted = rows_inserted + VALUES(rows_inserted), updated_at_ms = VALUES(updated_at_ms)"
+            }
+            _ => {
+                "INSERT INTO upload_progress (upload_id, slot, rows_processed, rows_rejected, rows_inserted, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (upload_id, slot) DO UPDATE SET \
+                 rows_processed = upload_progress.rows_processed + excluded.rows_processed, \
+                 rows_rejected = upload_progress.rows_rejected + excluded.rows_rejected, \
+                 rows_inserted = upload_progress.rows_inserted + excluded.rows_inserted, \
+                 updated_at_ms = excluded.updated_at_ms"
+            }
+        };
         for (upload, (processed, rejected, inserted)) in &per_upload {
-            sqlx::query(self.q(
-                "UPDATE uploads SET rows_processed = rows_processed + ?, rows_rejected = rows_rejected + ?, \
-                 rows_inserted = rows_inserted + ?, \
-                 status = CASE WHEN status = 'queued' AND ? > 0 THEN 'processing' ELSE status END, updated_at_ms = ? \
-                 WHERE id = ?",
-            ))
-            .bind(*processed)
-            .bind(*rejected)
-            .bind(*inserted)
-            .bind(*processed)
-            .bind(now)
-            .bind(upload.as_str())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(self.q(upsert))
+                .bind(*upload)
+                .bind(slot)
+                .bind(*processed)
+                .bind(*rejected)
+                .bind(*inserted)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
+        // `queued` becomes `processing` once; for every later batch this is
+        // a read that matches nothing (and takes no lock).
+        // The batch is committed either way: a failure here only delays the
+        // status word, so it is logged, not returned.
+        for upload in per_upload.keys() {
+            let marked = sqlx::query(self.q(
+                "UPDATE uploads SET status = 'processing', updated_at_ms = ? WHERE id = ? AND status = 'queued'",
+            ))
+            .bind(now)
+            .bind(*upload)
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = marked {
+                tracing::warn!(upload_id = %upload, error = %e, "could not mark the upload processing");
+            }
+        }
 
         outcome.accepted = (fresh.len() - rejected.len()) as u64 - replayed_winners.len() as u64;
         outcome.rejected = rejected.len() as u64;
-        outcome.uploads = per_upload.keys().cloned().collect();
+        outcome.uploads = per_upload.keys().map(|u| u.to_string()).collect();
         Ok(outcome)
     }
 }

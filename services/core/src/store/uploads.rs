@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Dialect, Store, StoreError};
 use crate::now_ms;
 
 /// Where an upload is in its life cycle.
@@ -92,9 +92,29 @@ pub struct UploadRecord {
     pub completed_at_ms: Option<i64>,
 }
 
-const UPLOAD_COLUMNS: &str = "seq, id, status, file_name, size_bytes, sha256, encoding, delimiter, error, \
-     rows_read, rows_enqueued, rows_processed, rows_inserted, rows_duplicate, rows_rejected, \
-     created_at_ms, updated_at_ms, completed_at_ms";
+/// The columns of an upload record. The live counts are the sums over the
+/// upload's progress slots (see `migrations/*/0002_upload_progress.sql`);
+/// `uploads.rows_processed/…` only hold a copy made at completion.
+fn upload_columns(dialect: Dialect) -> String {
+    let int = match dialect {
+        Dialect::MySql => "SIGNED",
+        _ => "BIGINT",
+    };
+    let sum = |col: &str| {
+        format!(
+            "(SELECT CAST(COALESCE(SUM(p.{col}), 0) AS {int}) FROM upload_progress p WHERE p.upload_id = u.id) AS {col}"
+        )
+    };
+    format!(
+        "u.seq, u.id, u.status, u.file_name, u.size_bytes, u.sha256, u.encoding, u.delimiter, u.error, \
+         u.rows_read, u.rows_enqueued, {}, {}, {}, \
+         (SELECT MAX(p.updated_at_ms) FROM upload_progress p WHERE p.upload_id = u.id) AS progress_at_ms, \
+         u.created_at_ms, u.updated_at_ms, u.completed_at_ms",
+        sum("rows_processed"),
+        sum("rows_inserted"),
+        sum("rows_rejected"),
+    )
+}
 
 fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
     let mut record = UploadRecord {
@@ -112,12 +132,15 @@ fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
             enqueued: row.try_get("rows_enqueued")?,
             processed: row.try_get("rows_processed")?,
             inserted: row.try_get("rows_inserted")?,
-            duplicates: row.try_get("rows_duplicate")?,
+            duplicates: 0,
             rejected: row.try_get("rows_rejected")?,
             rejected_by_reason: BTreeMap::new(),
         },
         created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
+        updated_at_ms: row.try_get::<i64, _>("updated_at_ms")?.max(
+            row.try_get::<Option<i64>, _>("progress_at_ms")?
+                .unwrap_or(0),
+        ),
         completed_at_ms: row.try_get("completed_at_ms")?,
     };
     // `rows_inserted` is kept exact by every batch; duplicates follow from
@@ -237,8 +260,10 @@ impl Store {
     /// an earlier upload detected once its hash was known).
     pub async fn delete_empty_upload(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            self.q("DELETE FROM uploads WHERE id = ? AND rows_enqueued = 0 AND rows_processed = 0"),
+            self.q("DELETE FROM uploads WHERE id = ? AND rows_enqueued = 0 \
+                 AND NOT EXISTS (SELECT 1 FROM upload_progress WHERE upload_id = ?)"),
         )
+        .bind(id)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -274,13 +299,31 @@ impl Store {
     /// that caller.
     pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let claimed = sqlx::query(self.q(
+        // The sums are read in the same statement that claims completion,
+        // and copied into `uploads` for people reading that table.
+        let sum = |col: &str| {
+            format!("(SELECT COALESCE(SUM({col}), 0) FROM upload_progress WHERE upload_id = ?)")
+        };
+        let (processed, rejected, inserted) = (
+            sum("rows_processed"),
+            sum("rows_rejected"),
+            sum("rows_inserted"),
+        );
+        let claimed = sqlx::query(self.q(&format!(
             "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ?, \
-             rows_duplicate = rows_processed - rows_rejected - rows_inserted \
-             WHERE id = ? AND status IN ('queued', 'processing') AND rows_processed >= rows_enqueued",
-        ))
+             rows_processed = {processed}, rows_rejected = {rejected}, rows_inserted = {inserted}, \
+             rows_duplicate = {processed} - {rejected} - {inserted} \
+             WHERE id = ? AND status IN ('queued', 'processing') AND rows_enqueued <= {processed}"
+        )))
         .bind(now)
         .bind(now)
+        .bind(id)
+        .bind(id)
+        .bind(id)
+        .bind(id)
+        .bind(id)
+        .bind(id)
+        .bind(id)
         .bind(id)
         .execute(&self.pool)
         .await?
@@ -291,7 +334,8 @@ impl Store {
     /// One upload with its live counts.
     pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
         let row = sqlx::query(self.q(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"
+            "SELECT {} FROM uploads u WHERE u.id = ?",
+            upload_columns(self.dialect)
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -316,7 +360,8 @@ impl Store {
     /// The most recent uploads, newest first.
     pub async fn list_uploads(&self, limit: i64) -> Result<Vec<UploadRecord>, StoreError> {
         let rows = sqlx::query(self.q(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY seq DESC LIMIT ?"
+            "SELECT {} FROM uploads u ORDER BY u.seq DESC LIMIT ?",
+            upload_columns(self.dialect)
         )))
         .bind(limit)
         .fetch_all(&self.pool)
