@@ -161,6 +161,25 @@ async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Ba
     assert_eq!(held_by_b, 0);
     assert_eq!(stored(&store).await.len(), 6);
 
+    // Values the compact PostgreSQL form cannot carry (an empty attribute
+    // text, a separator character) take the JSON form and arrive intact.
+    let mut odd = valid("a", a_seq, 9, "odd@example.com");
+    if let RowVerdict::Accept {
+        attributes, name, ..
+    } = &mut odd.verdict
+    {
+        *attributes = Some(String::new());
+        *name = Some("x\u{1e}y".into());
+    }
+    store.apply_batch(&[odd]).await.expect("odd row");
+    let sql = "SELECT name, attributes FROM contacts WHERE email = 'odd@example.com'";
+    let (name, attributes): (Option<String>, Option<String>) = sqlx::query_as(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("odd row stored");
+    assert_eq!(name.as_deref(), Some("x\u{1e}y"));
+    assert_eq!(attributes.as_deref(), Some(""));
+
     store.close().await;
     db.drop_db().await;
 }

@@ -121,6 +121,63 @@ fn insert_sql(dialect: Dialect, table_and_cols: &str, rows: usize, cols: usize) 
 
 type Tx = sqlx::Transaction<'static, Any>;
 
+/// A PostgreSQL batch as one text parameter per column, which
+/// `string_to_array($n, chr(30), chr(31))` splits back: values separated by
+/// the record separator (U+001E), NULL written as the unit separator
+/// (U+001F). Splitting costs PostgreSQL far less than parsing the same rows
+/// as JSON (`json_to_recordset` took a fifth of its time per batch).
+///
+/// Validated text never holds control characters (the email policy rejects
+/// them, names lose them, attributes are JSON-escaped), but entries from
+/// other producers might, and an empty value cannot be told from an empty
+/// column: then [`PackedColumns::finish`] says no and the JSON form is used.
+struct PackedColumns {
+    columns: Vec<String>,
+    rows: usize,
+    usable: bool,
+}
+
+impl PackedColumns {
+    const SEPARATOR: char = '\u{1e}';
+    const NULL: char = '\u{1f}';
+
+    fn new(columns: usize) -> Self {
+        Self {
+            columns: vec![String::new(); columns],
+            rows: 0,
+            usable: true,
+        }
+    }
+
+    fn push_row(&mut self, values: &[Option<&str>]) {
+        for (column, value) in self.columns.iter_mut().zip(values) {
+            if self.rows > 0 {
+                column.push(Self::SEPARATOR);
+            }
+            match value {
+                Some(v) => {
+                    if v.is_empty() || v.contains([Self::SEPARATOR, Self::NULL]) {
+                        self.usable = false;
+                    }
+                    column.push_str(v);
+                }
+                None => column.push(Self::NULL),
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// The parameters, or `None` when the JSON form must be used.
+    fn finish(self) -> Option<Vec<String>> {
+        (self.usable && self.rows > 0).then_some(self.columns)
+    }
+
+    /// SQL for the `n`th parameter as a text array.
+    fn split(n: usize) -> String {
+        format!("string_to_array(${n}, chr(30), chr(31))")
+    }
+}
+
 /// A contact as one element of PostgreSQL's `json_to_recordset` parameter
 /// (serialized straight from the borrowed row: no JSON tree per row).
 #[derive(serde::Serialize)]
@@ -177,15 +234,55 @@ impl Store {
             "email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms"
         );
         if dialect == Dialect::Postgres {
-            let json: Vec<ContactJson<'_>> = chunk
-                .iter()
-                .filter_map(|(_, r)| match &r.verdict {
-                    RowVerdict::Accept {
-                        email,
-                        email_raw,
-                        name,
-                        attributes,
-                    } => Some(ContactJson {
+            let accepted = chunk.iter().filter_map(|(_, r)| match &r.verdict {
+                RowVerdict::Accept {
+                    email,
+                    email_raw,
+                    name,
+                    attributes,
+                } => Some((r, email, email_raw, name, attributes)),
+                _ => None,
+            });
+            let mut packed = PackedColumns::new(7);
+            for (r, email, email_raw, name, attributes) in accepted.clone() {
+                packed.push_row(&[
+                    Some(email),
+                    Some(email_raw),
+                    name.as_deref(),
+                    attributes.as_deref(),
+                    Some(&r.upload_id),
+                    Some(&r.upload_seq.to_string()),
+                    Some(&r.row_number.to_string()),
+                ]);
+            }
+            // Only the emails that were not inserted come back (a few per
+            // cent), not every inserted one.
+            let tail = format!(
+                "ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $NOW FROM src \
+                 ON CONFLICT (email) DO NOTHING RETURNING email) \
+                 SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
+            );
+            let rows = if let Some(columns) = packed.finish() {
+                let sql = format!(
+                    "WITH src AS MATERIALIZED (SELECT * FROM unnest({}, {}, {}, {}, {}, {}::bigint[], {}::bigint[]) \
+                     AS t(e, r, m, a, u, s, n)), {}",
+                    PackedColumns::split(1),
+                    PackedColumns::split(2),
+                    PackedColumns::split(3),
+                    PackedColumns::split(4),
+                    PackedColumns::split(5),
+                    PackedColumns::split(6),
+                    PackedColumns::split(7),
+                    tail.replace("$NOW", "$8"),
+                );
+                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+                for c in columns {
+                    q = q.bind(c);
+                }
+                q.bind(now).fetch_all(&mut **tx).await?
+            } else {
+                let json: Vec<ContactJson<'_>> = accepted
+                    .map(|(r, email, email_raw, name, attributes)| ContactJson {
                         e: email,
                         r: email_raw,
                         m: name.as_deref(),
@@ -193,25 +290,19 @@ impl Store {
                         u: &r.upload_id,
                         s: r.upload_seq,
                         n: r.row_number,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let json = serde_json::to_string(&json)?;
-            // Only the emails that were not inserted come back (a few per
-            // cent), not every inserted one.
-            let sql = format!(
-                "WITH src AS MATERIALIZED (SELECT e, r, m, a, u, s, n FROM json_to_recordset($1::json) \
-                 AS t(e text, r text, m text, a text, u text, s bigint, n bigint)), \
-                 ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $2 FROM src \
-                 ON CONFLICT (email) DO NOTHING RETURNING email) \
-                 SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
-            );
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind(json)
-                .bind(now)
-                .fetch_all(&mut **tx)
-                .await?;
+                    })
+                    .collect();
+                let sql = format!(
+                    "WITH src AS MATERIALIZED (SELECT e, r, m, a, u, s, n FROM json_to_recordset($1::json) \
+                     AS t(e text, r text, m text, a text, u text, s bigint, n bigint)), {}",
+                    tail.replace("$NOW", "$2"),
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(serde_json::to_string(&json)?)
+                    .bind(now)
+                    .fetch_all(&mut **tx)
+                    .await?
+            };
             for row in rows {
                 contested.insert(row.try_get::<String, _>(0)?);
             }
@@ -639,6 +730,31 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_columns_separate_values_and_mark_nulls() {
+        let mut p = PackedColumns::new(2);
+        p.push_row(&[Some("a@x.org"), None]);
+        p.push_row(&[Some("b@x.org"), Some("{\"k\":\"v\"}")]);
+        assert_eq!(
+            p.finish(),
+            Some(vec![
+                "a@x.org\u{1e}b@x.org".to_string(),
+                "\u{1f}\u{1e}{\"k\":\"v\"}".to_string()
+            ])
+        );
+    }
+
+    #[test]
+    fn packed_columns_refuse_what_they_cannot_carry() {
+        for odd in ["", "a\u{1e}b", "\u{1f}"] {
+            let mut p = PackedColumns::new(1);
+            p.push_row(&[Some("fine")]);
+            p.push_row(&[Some(odd)]);
+            assert_eq!(p.finish(), None, "{odd:?}");
+        }
+        assert_eq!(PackedColumns::new(1).finish(), None, "no rows");
+    }
 
     #[test]
     fn values_clauses_number_postgres_placeholders_across_rows() {
