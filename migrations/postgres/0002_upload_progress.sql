@@ -5,8 +5,10 @@
 -- until commit (a quarter of the database's samples in the 1M-row
 -- benchmark were that lock wait). Now a batch adds its deltas to one of
 -- `slot` 0..63 of its upload, picked at random, so two batches rarely meet.
--- The counts of an upload are the sums over its slots; when it completes they
--- are also copied into `uploads.rows_*` for people reading that table.
+-- An upload's counts are `uploads.rows_*` (what consumers older than this
+-- migration added, and what they add during a rolling upgrade) plus the
+-- sums over its slots. The view `upload_counts` does that addition for
+-- people reading the database directly.
 --
 -- Also from this version: a winning row is recorded by its own `contacts` row
 -- only, and `accepted_rows` holds the duplicates and displaced winners (on
@@ -22,6 +24,17 @@ CREATE TABLE upload_progress (
     PRIMARY KEY (upload_id, slot)
 );
 
--- Counts kept in `uploads` so far become slot -1 of each upload.
-INSERT INTO upload_progress (upload_id, slot, rows_processed, rows_rejected, rows_inserted, updated_at_ms)
-SELECT id, -1, rows_processed, rows_rejected, rows_inserted, updated_at_ms FROM uploads;
+CREATE VIEW upload_counts AS
+SELECT u.id AS upload_id,
+       u.status AS status,
+       u.rows_read AS rows_read,
+       u.rows_enqueued AS rows_enqueued,
+       CAST(u.rows_processed + COALESCE(SUM(p.rows_processed), 0) AS BIGINT) AS rows_processed,
+       CAST(u.rows_inserted + COALESCE(SUM(p.rows_inserted), 0) AS BIGINT) AS rows_inserted,
+       CAST(u.rows_rejected + COALESCE(SUM(p.rows_rejected), 0) AS BIGINT) AS rows_rejected,
+       CAST(u.rows_processed + COALESCE(SUM(p.rows_processed), 0)
+         - u.rows_rejected - COALESCE(SUM(p.rows_rejected), 0)
+         - u.rows_inserted - COALESCE(SUM(p.rows_inserted), 0) AS BIGINT) AS rows_duplicate
+FROM uploads u
+LEFT JOIN upload_progress p ON p.upload_id = u.id
+GROUP BY u.id, u.status, u.rows_read, u.rows_enqueued, u.rows_processed, u.rows_inserted, u.rows_rejected;

@@ -160,6 +160,13 @@ async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Ba
         .count();
     assert_eq!(held_by_b, 0);
     assert_eq!(stored(&store).await.len(), 6);
+    // The view for SQL readers says the same as the API.
+    let sql = "SELECT rows_processed, rows_inserted, rows_rejected, rows_duplicate FROM upload_counts WHERE upload_id = 'a'";
+    let view: (i64, i64, i64, i64) = sqlx::query_as(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("upload_counts view");
+    assert_eq!(view, (8, 6, 0, 2));
 
     // Values the compact PostgreSQL form cannot carry (an empty attribute
     // text, a separator character) take the JSON form and arrive intact.

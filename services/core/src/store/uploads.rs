@@ -92,9 +92,10 @@ pub struct UploadRecord {
     pub completed_at_ms: Option<i64>,
 }
 
-/// The columns of an upload record. The live counts are the sums over the
-/// upload's progress slots (see `migrations/*/0002_upload_progress.sql`);
-/// `uploads.rows_processed/…` only hold a copy made at completion.
+/// The columns of an upload record. A count is `uploads.rows_*` (added by
+/// consumers older than migration 0002, e.g. during a rolling upgrade) plus
+/// the sum over the upload's progress slots (see
+/// `migrations/*/0002_upload_progress.sql`).
 fn upload_columns(dialect: Dialect) -> String {
     let int = match dialect {
         Dialect::MySql => "SIGNED",
@@ -102,7 +103,7 @@ fn upload_columns(dialect: Dialect) -> String {
     };
     let sum = |col: &str| {
         format!(
-            "(SELECT CAST(COALESCE(SUM(p.{col}), 0) AS {int}) FROM upload_progress p WHERE p.upload_id = u.id) AS {col}"
+            "u.{col} + (SELECT CAST(COALESCE(SUM(p.{col}), 0) AS {int}) FROM upload_progress p WHERE p.upload_id = u.id) AS {col}"
         )
     };
     format!(
@@ -299,27 +300,24 @@ impl Store {
     /// that caller.
     pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        // The sums are read in the same statement that claims completion,
-        // and copied into `uploads` for people reading that table.
-        let sum = |col: &str| {
-            format!("(SELECT COALESCE(SUM({col}), 0) FROM upload_progress WHERE upload_id = ?)")
+        // The counts are read in the same statement that claims completion.
+        let total = |col: &str| {
+            format!(
+                "({col} + (SELECT COALESCE(SUM({col}), 0) FROM upload_progress WHERE upload_id = ?))"
+            )
         };
         let (processed, rejected, inserted) = (
-            sum("rows_processed"),
-            sum("rows_rejected"),
-            sum("rows_inserted"),
+            total("rows_processed"),
+            total("rows_rejected"),
+            total("rows_inserted"),
         );
         let claimed = sqlx::query(self.q(&format!(
             "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ?, \
-             rows_processed = {processed}, rows_rejected = {rejected}, rows_inserted = {inserted}, \
              rows_duplicate = {processed} - {rejected} - {inserted} \
              WHERE id = ? AND status IN ('queued', 'processing') AND rows_enqueued <= {processed}"
         )))
         .bind(now)
         .bind(now)
-        .bind(id)
-        .bind(id)
-        .bind(id)
         .bind(id)
         .bind(id)
         .bind(id)
