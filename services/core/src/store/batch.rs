@@ -363,9 +363,36 @@ impl Store {
             return Ok(owners);
         }
         let dialect = self.dialect;
-        // Plain bind parameters, also on PostgreSQL: an IN list of known
-        // size is planned as index lookups, where a set-returning function
-        // can be planned as a scan of the whole (growing) table.
+        if dialect == Dialect::Postgres {
+            // One packed parameter and the same statement text every time, so
+            // the prepared statement is reused; `= ANY(array)` is planned as
+            // index lookups (a set-returning function in a join could be
+            // planned as a scan of the whole, growing table).
+            let mut packed = PackedColumns::new(1);
+            for (e, _) in contested {
+                packed.push_row(&[Some(e)]);
+            }
+            if let Some(columns) = packed.finish() {
+                let sql = format!(
+                    "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts \
+                     WHERE email = ANY({}) ORDER BY email FOR UPDATE",
+                    PackedColumns::split(1)
+                );
+                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+                for c in columns {
+                    q = q.bind(c);
+                }
+                for row in q.fetch_all(&mut **tx).await? {
+                    owners.insert(
+                        row.try_get::<String, _>(0)?,
+                        (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+                    );
+                }
+                return Ok(owners);
+            }
+        }
+        // Plain bind parameters: an IN list of known size is planned as
+        // index lookups.
         let mut sql = dialect.sql(
             "SELECT email, upload_id, upload_seq, \"row_number\" FROM contacts WHERE email IN (",
         );
@@ -435,6 +462,27 @@ impl Store {
         rows: &[(&str, i64, &str)],
     ) -> Result<(), StoreError> {
         let dialect = self.dialect;
+        if dialect == Dialect::Postgres && !rows.is_empty() {
+            let mut packed = PackedColumns::new(3);
+            for (u, n, e) in rows {
+                packed.push_row(&[Some(u), Some(&n.to_string()), Some(e)]);
+            }
+            if let Some(columns) = packed.finish() {
+                let sql = format!(
+                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
+                     SELECT * FROM unnest({}, {}::bigint[], {})",
+                    PackedColumns::split(1),
+                    PackedColumns::split(2),
+                    PackedColumns::split(3),
+                );
+                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+                for c in columns {
+                    q = q.bind(c);
+                }
+                q.execute(&mut **tx).await?;
+                return Ok(());
+            }
+        }
         if dialect == Dialect::Postgres {
             // One JSON parameter instead of thousands of binds: PostgreSQL
             // plans and runs a set-returning function much faster than a
@@ -545,7 +593,53 @@ impl Store {
         }
 
         // 2. The reject ledger.
-        for chunk in rejected.chunks(CHUNK) {
+        for r in &rejected {
+            if let RowVerdict::Reject { reason, .. } = &r.verdict {
+                *outcome.rejected_by_reason.entry(*reason).or_default() += 1;
+            }
+        }
+        let mut packed = PackedColumns::new(5);
+        if dialect == Dialect::Postgres {
+            for r in &rejected {
+                if let RowVerdict::Reject {
+                    reason,
+                    message,
+                    fields,
+                } = &r.verdict
+                {
+                    packed.push_row(&[
+                        Some(&r.upload_id),
+                        Some(&r.row_number.to_string()),
+                        Some(reason.code()),
+                        Some(message),
+                        Some(fields),
+                    ]);
+                }
+            }
+        }
+        let packed = if dialect == Dialect::Postgres {
+            packed.finish()
+        } else {
+            None
+        };
+        let rejected_by_values: &[&JudgedRow] = if packed.is_some() { &[] } else { &rejected };
+        if let Some(columns) = packed {
+            let sql = format!(
+                "INSERT INTO rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms) \
+                 SELECT u, n, r, m, f, $6 FROM unnest({}, {}::bigint[], {}, {}, {}) AS t(u, n, r, m, f)",
+                PackedColumns::split(1),
+                PackedColumns::split(2),
+                PackedColumns::split(3),
+                PackedColumns::split(4),
+                PackedColumns::split(5),
+            );
+            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
+            for c in columns {
+                q = q.bind(c);
+            }
+            q.bind(now).execute(&mut *tx).await?;
+        }
+        for chunk in rejected_by_values.chunks(CHUNK) {
             let sql = insert_sql(
                 dialect,
                 "rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms)",
@@ -567,7 +661,6 @@ impl Store {
                         .bind(message.as_str())
                         .bind(fields.as_str())
                         .bind(now);
-                    *outcome.rejected_by_reason.entry(*reason).or_default() += 1;
                 }
             }
             q.execute(&mut *tx).await?;
