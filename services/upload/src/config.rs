@@ -50,7 +50,8 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_MAX_ROW_BYTES", default_value_t = 1024 * 1024)]
     pub max_row_bytes: usize,
 
-    /// Most unacknowledged entries (lag + pending) before uploads wait for consumers.
+    /// Most entries in the stream (waiting, in flight, or acknowledged and not
+    /// yet trimmed) before uploads wait for consumers; this bounds Redis memory.
     #[arg(long, env = "ROWPIPE_MAX_BACKLOG", default_value_t = 200_000)]
     pub max_backlog: u64,
 

@@ -2,11 +2,17 @@
 //! backpressure on the consumer group's backlog.
 //!
 //! One `XADD` per row would cost one round trip per row; instead each batch
-//! is one pipeline (one round trip). Before a batch is written, the group's
-//! unacknowledged count (lag + pending) is compared with `max_backlog`; above
-//! it, the writer waits, the bounded channel in front of it fills, and the
-//! HTTP body stops being read, so Redis memory stays bounded however large or
-//! fast uploads are.
+//! is one pipeline (one round trip). Before a batch is written, the stream's
+//! length is compared with `max_backlog`; above it, the writer waits, the
+//! bounded channel in front of it fills, and the HTTP body stops being read,
+//! so Redis memory stays bounded however large or fast uploads are.
+//!
+//! The length, not only the unacknowledged part (lag + pending): entries
+//! that every group has acknowledged still take memory until they are
+//! trimmed, and at full speed the consumers' periodic trim left hundreds of
+//! thousands of them. So a writer that finds the stream full first trims
+//! what every group has acknowledged itself (`XTRIM MINID`, never past an
+//! unacknowledged entry), and only waits for what is left.
 
 use std::time::{Duration, Instant};
 
@@ -71,7 +77,15 @@ impl Enqueuer {
         loop {
             let backlog =
                 stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
-            self.last_backlog = backlog.unacknowledged();
+            let mut length = backlog.length;
+            if length + incoming > self.config.max_backlog && length > backlog.unacknowledged() {
+                let trimmed = stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
+                if trimmed > 0 {
+                    metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
+                }
+                length = length.saturating_sub(trimmed);
+            }
+            self.last_backlog = length;
             self.since_check = 0;
             if self.last_backlog + incoming <= self.config.max_backlog {
                 if waited {
@@ -86,7 +100,7 @@ impl Enqueuer {
                 tracing::info!(
                     backlog = self.last_backlog,
                     max_backlog = self.config.max_backlog,
-                    "stream backlog above bound; waiting for consumers"
+                    "stream holds more than the backlog bound; waiting for consumers"
                 );
             }
             tokio::select! {
