@@ -438,6 +438,13 @@ pub fn normalize_email(raw: &str, policy: EmailPolicy) -> Option<String> {
 /// line breaks and tabs turned into spaces. Empty becomes `None`: a missing
 /// name stays missing, it is never invented.
 pub fn clean_text(raw: &str) -> Option<String> {
+    // The common case, printable ASCII with nothing to trim, is one copy.
+    if raw.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !raw.starts_with(' ')
+        && !raw.ends_with(' ')
+    {
+        return (!raw.is_empty()).then(|| raw.to_string());
+    }
     let cleaned: String = raw
         .chars()
         .filter_map(|c| match c {
@@ -449,6 +456,8 @@ pub fn clean_text(raw: &str) -> Option<String> {
     let trimmed = cleaned.trim();
     if trimmed.is_empty() {
         None
+    } else if trimmed.is_ascii() {
+        Some(trimmed.to_string())
     } else {
         Some(trimmed.nfc().collect())
     }
