@@ -1,7 +1,9 @@
 //! The batch rules of `Store::apply_batch`, driven one batch at a time on
 //! each real database: redelivery (the same batch again, a batch split
 //! differently, a winner that was displaced meanwhile) changes neither the
-//! table nor the counts, and the duplicates export lists exactly the losers.
+//! table nor the counts, and the duplicates export lists exactly the losers;
+//! counts still add up across a rolling upgrade from consumers that wrote
+//! them into `uploads` (before migration 0002).
 
 use rowpipe_core::config::DatabaseConfig;
 use rowpipe_core::store::{JudgedRow, NewUpload, RowVerdict, Store};
@@ -191,3 +193,40 @@ async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Ba
     db.drop_db().await;
 }
 rowpipe_testkit::on_databases!(redelivered_batches_change_neither_the_table_nor_the_counts: Sqlite, Postgres, MySql);
+
+async fn counts_written_by_consumers_older_than_the_progress_table_still_count(backend: Backend) {
+    let db = TestDb::create(backend).await.expect("test database");
+    let store = store_for(&db).await;
+    let seq = new_upload(&store, "u").await;
+    // A consumer built before migration 0002 (still running during a rolling
+    // upgrade) adds its counts to the `uploads` row itself.
+    sqlx::query(
+        "UPDATE uploads SET status = 'queued', rows_enqueued = 3, rows_processed = 2, \
+         rows_inserted = 1, rows_rejected = 1 WHERE id = 'u'",
+    )
+    .execute(store.pool())
+    .await
+    .expect("old-style counts");
+    assert_eq!(counts(&store, "u").await, (2, 1, 1));
+    assert!(
+        !store.try_complete("u").await.expect("try complete"),
+        "one row is still missing"
+    );
+    // The last row arrives through a current consumer.
+    store
+        .apply_batch(&[valid("u", seq, 3, "three@example.com")])
+        .await
+        .expect("batch");
+    assert_eq!(counts(&store, "u").await, (3, 2, 1));
+    assert!(store.try_complete("u").await.expect("try complete"));
+    let done = store
+        .get_upload("u")
+        .await
+        .expect("get upload")
+        .expect("upload exists");
+    assert_eq!(done.status, rowpipe_core::store::UploadStatus::Completed);
+    assert_eq!(done.counts.duplicates, 0);
+    store.close().await;
+    db.drop_db().await;
+}
+rowpipe_testkit::on_databases!(counts_written_by_consumers_older_than_the_progress_table_still_count: Sqlite, Postgres, MySql);
