@@ -176,6 +176,27 @@ impl PackedColumns {
     fn split(n: usize) -> String {
         format!("string_to_array(${n}, chr(30), chr(31))")
     }
+
+    /// `unnest(…)` over parameters `$1..` in this order, one per column
+    /// type (`text` as is, anything else cast, e.g. `bigint`).
+    fn unnest(types: &[&str]) -> String {
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match *t {
+                "text" => Self::split(i + 1),
+                t => format!("{}::{t}[]", Self::split(i + 1)),
+            })
+            .collect();
+        format!("unnest({})", arrays.join(", "))
+    }
+
+    /// `sql` with the packed columns bound as its first parameters.
+    fn query<'q>(sql: String, columns: Vec<String>) -> Query<'q, Any, AnyArguments> {
+        columns
+            .into_iter()
+            .fold(sqlx::query(AssertSqlSafe(sql)), |q, c| q.bind(c))
+    }
 }
 
 /// A contact as one element of PostgreSQL's `json_to_recordset` parameter
@@ -264,21 +285,13 @@ impl Store {
             );
             let rows = if let Some(columns) = packed.finish() {
                 let sql = format!(
-                    "WITH src AS MATERIALIZED (SELECT * FROM unnest({}, {}, {}, {}, {}, {}::bigint[], {}::bigint[]) \
-                     AS t(e, r, m, a, u, s, n)), {}",
-                    PackedColumns::split(1),
-                    PackedColumns::split(2),
-                    PackedColumns::split(3),
-                    PackedColumns::split(4),
-                    PackedColumns::split(5),
-                    PackedColumns::split(6),
-                    PackedColumns::split(7),
+                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n)), {}",
+                    PackedColumns::unnest(&[
+                        "text", "text", "text", "text", "text", "bigint", "bigint"
+                    ]),
                     tail.replace("$NOW", "$8"),
                 );
-                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-                for c in columns {
-                    q = q.bind(c);
-                }
+                let q = PackedColumns::query(sql, columns);
                 q.bind(now).fetch_all(&mut **tx).await?
             } else {
                 let json: Vec<ContactJson<'_>> = accepted
@@ -378,10 +391,7 @@ impl Store {
                      WHERE email = ANY({}) ORDER BY email FOR UPDATE",
                     PackedColumns::split(1)
                 );
-                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-                for c in columns {
-                    q = q.bind(c);
-                }
+                let q = PackedColumns::query(sql, columns);
                 for row in q.fetch_all(&mut **tx).await? {
                     owners.insert(
                         row.try_get::<String, _>(0)?,
@@ -469,16 +479,10 @@ impl Store {
             }
             if let Some(columns) = packed.finish() {
                 let sql = format!(
-                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
-                     SELECT * FROM unnest({}, {}::bigint[], {})",
-                    PackedColumns::split(1),
-                    PackedColumns::split(2),
-                    PackedColumns::split(3),
+                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) SELECT * FROM {}",
+                    PackedColumns::unnest(&["text", "bigint", "text"]),
                 );
-                let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-                for c in columns {
-                    q = q.bind(c);
-                }
+                let q = PackedColumns::query(sql, columns);
                 q.execute(&mut **tx).await?;
                 return Ok(());
             }
@@ -626,17 +630,10 @@ impl Store {
         if let Some(columns) = packed {
             let sql = format!(
                 "INSERT INTO rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms) \
-                 SELECT u, n, r, m, f, $6 FROM unnest({}, {}::bigint[], {}, {}, {}) AS t(u, n, r, m, f)",
-                PackedColumns::split(1),
-                PackedColumns::split(2),
-                PackedColumns::split(3),
-                PackedColumns::split(4),
-                PackedColumns::split(5),
+                 SELECT u, n, r, m, f, $6 FROM {} AS t(u, n, r, m, f)",
+                PackedColumns::unnest(&["text", "bigint", "text", "text", "text"]),
             );
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for c in columns {
-                q = q.bind(c);
-            }
+            let q = PackedColumns::query(sql, columns);
             q.bind(now).execute(&mut *tx).await?;
         }
         for chunk in rejected_by_values.chunks(CHUNK) {
@@ -835,6 +832,14 @@ mod tests {
                 "a@x.org\u{1e}b@x.org".to_string(),
                 "\u{1f}\u{1e}{\"k\":\"v\"}".to_string()
             ])
+        );
+    }
+
+    #[test]
+    fn packed_columns_unnest_casts_all_but_text() {
+        assert_eq!(
+            PackedColumns::unnest(&["text", "bigint"]),
+            "unnest(string_to_array($1, chr(30), chr(31)), string_to_array($2, chr(30), chr(31))::bigint[])"
         );
     }
 
