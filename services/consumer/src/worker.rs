@@ -28,6 +28,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId};
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::{JudgedRow, RowVerdict, Store, StoreError};
+use rowpipe_core::stream::reader::{GroupReader, ReadGroup};
 use rowpipe_core::stream::{self, StreamEntry};
 use rowpipe_core::validate::RejectReason;
 use tracing::Instrument;
@@ -123,7 +124,7 @@ pub struct Worker {
     config: Arc<Config>,
     store: Store,
     redis: ConnectionManager,
-    reader: ConnectionManager,
+    reader: GroupReader,
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
     last_claim: Instant,
@@ -139,7 +140,7 @@ impl Worker {
         redis: ConnectionManager,
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
-        let reader = stream::connect_blocking(
+        let reader = GroupReader::connect(
             &config.stream.redis_url,
             FIRST_READ_BLOCK.max(config.batch_timeout()),
         )
@@ -185,25 +186,17 @@ impl Worker {
         &mut self,
         count: usize,
         block: Duration,
-    ) -> redis::RedisResult<Vec<stream::RawEntry>> {
-        // A raw command and a hand-walked reply: the typed reply builds a
-        // map and clones every value of every entry, which showed up as a
-        // tenth of the consumer's CPU.
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.config.stream.group)
-            .arg(&self.name)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&self.config.stream.stream)
-            .arg(">");
-        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut self.reader).await;
-        match reply {
-            Ok(reply) => Ok(stream::read_reply_entries(reply)),
-            Err(e) if e.code() == Some("NOGROUP") => {
+    ) -> anyhow::Result<Vec<stream::RawEntry>> {
+        let request = ReadGroup {
+            stream: &self.config.stream.stream,
+            group: &self.config.stream.group,
+            consumer: &self.name,
+            count,
+            block,
+        };
+        match self.reader.read(request).await {
+            Ok(entries) => Ok(entries),
+            Err(e) if e.is_no_group() => {
                 // The stream or group vanished (e.g. a Redis without
                 // persistence restarted): recreate and read again next time.
                 tracing::warn!("consumer group missing; recreating it");
@@ -215,13 +208,13 @@ impl Worker {
                 .await?;
                 Ok(Vec::new())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Up to `batch_size` entries: flushed when full or `batch_timeout` after
     /// the first one arrived.
-    async fn read_batch(&mut self) -> redis::RedisResult<Vec<Delivered>> {
+    async fn read_batch(&mut self) -> anyhow::Result<Vec<Delivered>> {
         let size = self.config.batch_size;
         let mut ids = self.xreadgroup(size, FIRST_READ_BLOCK).await?;
         if ids.is_empty() {

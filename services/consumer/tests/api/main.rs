@@ -5,6 +5,7 @@
 mod delivery;
 mod ledger;
 mod pipeline;
+mod reader;
 mod startup;
 mod validation;
 

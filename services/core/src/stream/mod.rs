@@ -7,6 +7,7 @@
 //! [`ConnectionManager`] with a short timeout.
 
 pub mod entry;
+pub mod reader;
 
 use std::time::Duration;
 
