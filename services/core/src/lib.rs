@@ -15,8 +15,9 @@
 //!   how header names map to the email and name columns ([`row::ColumnMap`]).
 //! * [`validate`]: the one place a row is judged: the email policy,
 //!   normalization of the uniqueness key and [`validate::RejectReason`].
-//! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format
-//!   and the consumer-group operations both programs need.
+//! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format,
+//!   the consumer-group operations both programs need, and the consumer's
+//!   own `XREADGROUP` reader ([`stream::reader`]).
 //! * [`store`]: the database side: migrations, upload records, the batch
 //!   insert with each dialect's conflict rule.
 //! * [`telemetry`]: logs, OpenTelemetry traces and Prometheus metrics set-up.

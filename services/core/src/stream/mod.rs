@@ -2,9 +2,10 @@
 //! operations both programs need.
 //!
 //! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
-//! hold a connection for the whole block, so they get a dedicated one with no
-//! response timeout; everything else shares an auto-reconnecting
-//! [`ConnectionManager`] with a short timeout.
+//! hold a connection for the whole block, so they get a dedicated one
+//! ([`reader::GroupReader`]) whose reply timeout follows the block time;
+//! everything else shares an auto-reconnecting [`ConnectionManager`] with a
+//! short timeout.
 
 pub mod entry;
 pub mod reader;
