@@ -96,12 +96,7 @@ impl Delivered {
 
     /// From `XAUTOCLAIM` output (rare: only entries of consumers that died).
     fn from_stream_id(s: StreamId) -> Self {
-        let mut fields: Vec<(String, String)> = s
-            .map
-            .iter()
-            .map(|(k, v)| (k.clone(), stream::entry::value_to_string(v)))
-            .collect();
-        fields.sort();
+        let fields = stream::entry::fields_of_map(&s.map);
         Self::from_raw((s.id, fields))
     }
 }

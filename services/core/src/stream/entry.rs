@@ -129,13 +129,7 @@ impl StreamEntry {
     /// `upload_id` and `row_number`; their email column is then found by
     /// header name like a CSV header would be.
     pub fn from_map(map: &HashMap<String, Value>) -> Result<Self, EntryError> {
-        let mut fields: Vec<(String, String)> = map
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_string(v)))
-            .collect();
-        // HashMap order is arbitrary; sort for a deterministic attribute order.
-        fields.sort();
-        Self::from_fields(fields).map_err(|(e, _)| e)
+        Self::from_fields(fields_of_map(map)).map_err(|(e, _)| e)
     }
 
     /// Read an entry back from its fields in stream order (see
@@ -257,6 +251,17 @@ impl StreamEntry {
             }
         }
     }
+}
+
+/// The fields of a typed reply's map (e.g. `XAUTOCLAIM`'s), sorted by name
+/// because map order is arbitrary and attribute order should not be.
+pub fn fields_of_map(map: &HashMap<String, Value>) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = map
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_string(v)))
+        .collect();
+    fields.sort();
+    fields
 }
 
 /// Any Redis value as text, taking a bulk string's bytes over when they are
