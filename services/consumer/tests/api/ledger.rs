@@ -171,7 +171,7 @@ async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Ba
     assert_eq!(view, (8, 6, 0, 2));
 
     // Values the compact PostgreSQL form cannot carry (an empty attribute
-    // text, a separator character) take the JSON form and arrive intact.
+    // text, a separator character) take the plain VALUES form and arrive intact.
     let mut odd = valid("a", a_seq, 9, "odd@example.com");
     if let RowVerdict::Accept {
         attributes, name, ..

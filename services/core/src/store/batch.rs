@@ -130,7 +130,8 @@ type Tx = sqlx::Transaction<'static, Any>;
 /// Validated text never holds control characters (the email policy rejects
 /// them, names lose them, attributes are JSON-escaped), but entries from
 /// other producers might, and an empty value cannot be told from an empty
-/// column: then [`PackedColumns::finish`] says no and the JSON form is used.
+/// column: then [`PackedColumns::finish`] says no and the batch goes as a
+/// plain multi-row `VALUES` statement, the form the other dialects use.
 struct PackedColumns {
     columns: Vec<String>,
     rows: usize,
@@ -167,7 +168,7 @@ impl PackedColumns {
         self.rows += 1;
     }
 
-    /// The parameters, or `None` when the JSON form must be used.
+    /// The parameters, or `None` when the plain `VALUES` form must be used.
     fn finish(self) -> Option<Vec<String>> {
         (self.usable && self.rows > 0).then_some(self.columns)
     }
@@ -197,27 +198,6 @@ impl PackedColumns {
             .into_iter()
             .fold(sqlx::query(AssertSqlSafe(sql)), |q, c| q.bind(c))
     }
-}
-
-/// A contact as one element of PostgreSQL's `json_to_recordset` parameter
-/// (serialized straight from the borrowed row: no JSON tree per row).
-#[derive(serde::Serialize)]
-struct ContactJson<'a> {
-    e: &'a str,
-    r: &'a str,
-    m: Option<&'a str>,
-    a: Option<&'a str>,
-    u: &'a str,
-    s: i64,
-    n: i64,
-}
-
-/// An `accepted_rows` line, likewise.
-#[derive(serde::Serialize)]
-struct LedgerJson<'a> {
-    u: &'a str,
-    n: i64,
-    e: &'a str,
 }
 
 /// Add `delta` to `map[key]`, allocating the key only the first time.
@@ -265,7 +245,7 @@ impl Store {
                 _ => None,
             });
             let mut packed = PackedColumns::new(7);
-            for (r, email, email_raw, name, attributes) in accepted.clone() {
+            for (r, email, email_raw, name, attributes) in accepted {
                 packed.push_row(&[
                     Some(email),
                     Some(email_raw),
@@ -283,7 +263,7 @@ impl Store {
                  ON CONFLICT (email) DO NOTHING RETURNING email) \
                  SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
             );
-            let rows = if let Some(columns) = packed.finish() {
+            if let Some(columns) = packed.finish() {
                 let sql = format!(
                     "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n)), {}",
                     PackedColumns::unnest(&[
@@ -291,35 +271,16 @@ impl Store {
                     ]),
                     tail.replace("$NOW", "$8"),
                 );
-                let q = PackedColumns::query(sql, columns);
-                q.bind(now).fetch_all(&mut **tx).await?
-            } else {
-                let json: Vec<ContactJson<'_>> = accepted
-                    .map(|(r, email, email_raw, name, attributes)| ContactJson {
-                        e: email,
-                        r: email_raw,
-                        m: name.as_deref(),
-                        a: attributes.as_deref(),
-                        u: &r.upload_id,
-                        s: r.upload_seq,
-                        n: r.row_number,
-                    })
-                    .collect();
-                let sql = format!(
-                    "WITH src AS MATERIALIZED (SELECT e, r, m, a, u, s, n FROM json_to_recordset($1::json) \
-                     AS t(e text, r text, m text, a text, u text, s bigint, n bigint)), {}",
-                    tail.replace("$NOW", "$2"),
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(serde_json::to_string(&json)?)
+                let rows = PackedColumns::query(sql, columns)
                     .bind(now)
                     .fetch_all(&mut **tx)
-                    .await?
-            };
-            for row in rows {
-                contested.insert(row.try_get::<String, _>(0)?);
+                    .await?;
+                for row in rows {
+                    contested.insert(row.try_get::<String, _>(0)?);
+                }
+                return Ok(contested);
             }
-            return Ok(contested);
+            // Values the packed form cannot carry: the plain VALUES form below.
         }
         let mut sql = format!("INSERT INTO contacts ({cols}) VALUES ");
         values_clause(dialect, chunk.len(), 8, &mut sql);
@@ -486,25 +447,6 @@ impl Store {
                 q.execute(&mut **tx).await?;
                 return Ok(());
             }
-        }
-        if dialect == Dialect::Postgres {
-            // One JSON parameter instead of thousands of binds: PostgreSQL
-            // plans and runs a set-returning function much faster than a
-            // huge VALUES list.
-            for chunk in rows.chunks(CHUNK * 5) {
-                let json: Vec<LedgerJson<'_>> = chunk
-                    .iter()
-                    .map(|&(u, n, e)| LedgerJson { u, n, e })
-                    .collect();
-                sqlx::query(
-                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) \
-                     SELECT u, n, e FROM json_to_recordset($1::json) AS t(u text, n bigint, e text)",
-                )
-                .bind(serde_json::to_string(&json)?)
-                .execute(&mut **tx)
-                .await?;
-            }
-            return Ok(());
         }
         for chunk in rows.chunks(CHUNK) {
             let sql = insert_sql(

@@ -111,8 +111,6 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("encoding a batch parameter as JSON: {0}")]
-    Json(#[from] serde_json::Error),
 }
 
 impl StoreError {
