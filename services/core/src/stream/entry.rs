@@ -133,7 +133,7 @@ impl StreamEntry {
     }
 
     /// Read an entry back from its fields in stream order (see
-    /// [`super::read_reply_entries`]), taking the strings over instead of
+    /// [`super::reader::GroupReader`]), taking the strings over instead of
     /// copying them. On error the fields come back untouched, so an
     /// undecodable entry can be dead-lettered as it was.
     pub fn from_fields(

@@ -107,10 +107,53 @@ impl GroupReader {
                     .arg(">")
                     .query_async(con)
                     .await?;
-                Ok(super::read_reply_entries(reply))
+                Ok(read_reply_entries(reply))
             }
         }
     }
+}
+
+/// The entries of an `XREADGROUP`/`XREAD` reply (RESP2 arrays or RESP3 maps;
+/// `Nil` when the block timed out), taken apart by value: the field strings
+/// are the reply's own buffers, with no per-field copy and no map per entry.
+fn read_reply_entries(reply: redis::Value) -> Vec<RawEntry> {
+    use redis::Value;
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        out.reserve(entries.len());
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let mut parts = parts.into_iter();
+            let Some(id) = parts.next() else { continue };
+            let mut fields = Vec::new();
+            if let Some(Value::Array(kv)) = parts.next() {
+                fields.reserve(kv.len() / 2);
+                let mut kv = kv.into_iter();
+                while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                    fields.push((
+                        super::entry::value_into_string(k),
+                        super::entry::value_into_string(v),
+                    ));
+                }
+            }
+            out.push((super::entry::value_into_string(id), fields));
+        }
+    }
+    out
 }
 
 fn block_ms(block: Duration) -> u64 {
