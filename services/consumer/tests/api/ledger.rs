@@ -3,10 +3,12 @@
 //! differently, a winner that was displaced meanwhile) changes neither the
 //! table nor the counts, and the duplicates export lists exactly the losers;
 //! counts still add up across a rolling upgrade from consumers that wrote
-//! them into `uploads` (before migration 0002).
+//! them into `uploads` (before migration 0002); the same rows stored by
+//! several consumers at once still count once.
 
 use rowpipe_core::config::DatabaseConfig;
 use rowpipe_core::store::{JudgedRow, NewUpload, RowVerdict, Store};
+use rowpipe_core::validate::RejectReason;
 use rowpipe_testkit::{Backend, TestDb};
 
 fn valid(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {
@@ -230,3 +232,111 @@ async fn counts_written_by_consumers_older_than_the_progress_table_still_count(b
     db.drop_db().await;
 }
 rowpipe_testkit::on_databases!(counts_written_by_consumers_older_than_the_progress_table_still_count: Sqlite, Postgres, MySql);
+
+fn invalid(upload: &str, seq: i64, row: i64) -> JudgedRow {
+    JudgedRow {
+        upload_id: upload.into(),
+        upload_seq: seq,
+        row_number: row,
+        verdict: RowVerdict::Reject {
+            reason: RejectReason::InvalidSyntax,
+            message: format!("row {row}: not an email"),
+            fields: format!("{{\"email\":\"nobody-{row}\"}}"),
+        },
+    }
+}
+
+/// Everything a batch leaves behind, comparable across databases.
+async fn footprint(store: &Store, uploads: &[&str]) -> String {
+    let mut out = format!("{:?}\n", stored(store).await);
+    for id in uploads {
+        out.push_str(&format!(
+            "{id}: {:?} duplicates {:?}\n",
+            counts(store, id).await,
+            duplicates(store, id).await
+        ));
+    }
+    out
+}
+
+/// A slow batch claimed by a second consumer (`XAUTOCLAIM`) while the first
+/// still works on it: both store the same rows at the same moment. The
+/// result must be what storing them once gives, with no error for either.
+async fn the_same_rows_stored_by_several_consumers_at_once_count_once(backend: Backend) {
+    const CONSUMERS: usize = 4;
+    let db = TestDb::create(backend).await.expect("test database");
+    let once_db = TestDb::create(backend).await.expect("reference database");
+    let mut stores = Vec::new();
+    for _ in 0..CONSUMERS {
+        stores.push(store_for(&db).await);
+    }
+    let once = store_for(&once_db).await;
+    let mut seqs = Vec::new();
+    for id in ["a", "b"] {
+        let seq = new_upload(&stores[0], id).await;
+        assert_eq!(new_upload(&once, id).await, seq);
+        seqs.push(seq);
+    }
+    // Rounds of 300 rows over both uploads: new emails, repeats within the
+    // round and of earlier rounds, rows of "a" that displace "b", rejects.
+    for round in 0..6i64 {
+        let mut batch = Vec::new();
+        for i in 0..150i64 {
+            let row = round * 150 + i + 1;
+            if i % 5 == 1 {
+                batch.push(invalid("a", seqs[0], row));
+                batch.push(invalid("b", seqs[1], row));
+                continue;
+            }
+            let email = if i % 5 == 0 {
+                format!("shared{}@example.com", i % 20)
+            } else {
+                format!("r{row}@example.com")
+            };
+            batch.push(valid("a", seqs[0], row, &email));
+            batch.push(valid("b", seqs[1], row, &email));
+        }
+        once.apply_batch(&batch).await.expect("stored once");
+        let mut tasks = Vec::new();
+        for (n, store) in stores.iter().enumerate() {
+            let store = store.clone();
+            // Every consumer holds the same rows; some hold only b's half, as
+            // after a claim of part of a batch.
+            let rows: Vec<JudgedRow> = if n % 2 == 1 {
+                batch
+                    .iter()
+                    .filter(|r| r.upload_id == "b")
+                    .cloned()
+                    .collect()
+            } else {
+                batch.clone()
+            };
+            // Deadlocks between the copies are transient: the worker retries
+            // them, and so does this stand-in for it.
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match store.apply_batch(&rows).await {
+                        Err(e) if e.is_transient() => continue,
+                        result => break result,
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let outcome = t.await.expect("task");
+            outcome.unwrap_or_else(|e| panic!("round {round}: a concurrent copy failed: {e}"));
+        }
+        assert_eq!(
+            footprint(&stores[0], &["a", "b"]).await,
+            footprint(&once, &["a", "b"]).await,
+            "round {round}: stored by {CONSUMERS} consumers at once vs once"
+        );
+    }
+    for store in &stores {
+        store.close().await;
+    }
+    once.close().await;
+    db.drop_db().await;
+    once_db.drop_db().await;
+}
+rowpipe_testkit::on_databases!(the_same_rows_stored_by_several_consumers_at_once_count_once: Sqlite, Postgres, MySql);

@@ -27,8 +27,13 @@
 //! `INSERT … ON DUPLICATE KEY UPDATE` inserted, so there `accepted_rows`
 //! holds the winners too. A second copy of a row processed at the same time
 //! by another consumer either waits on the email's index entry and then sees
-//! its twin as the holder, or collides on a ledger's primary key and is
-//! retried, which then finds the first copy's trace.
+//! its twin as the holder, or collides on a ledger's primary key. A
+//! collision means the other copy has committed, so [`Store::apply_batch`]
+//! runs the whole batch again in a fresh transaction, which finds the first
+//! copy's trace. (Before, the caller fell back to one row at a time; two
+//! consumers holding the same entries, one of them after an `XAUTOCLAIM` of
+//! a slow batch, then collided row after row in step, and rows that another
+//! consumer had stored were dead-lettered.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -90,6 +95,23 @@ pub struct BatchOutcome {
 
 /// Progress rows per upload (see [`Store::apply_batch`], step 5).
 const PROGRESS_SLOTS: i64 = 64;
+
+/// Fresh transactions [`Store::apply_batch`] tries when a ledger insert
+/// collides with a copy of the same row stored at the same time. Each
+/// collision means that copy committed, so a second try is normally the
+/// last; the bound turns anything else into an ordinary error.
+const LEDGER_COLLISION_ATTEMPTS: usize = 8;
+
+/// A unique violation on a ledger (`accepted_rows`, `rejected_rows`): the
+/// same (upload, row) recorded by another transaction since step 1 looked.
+fn ledger_collision(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+            StoreError::ConcurrentDelivery(e)
+        }
+        _ => StoreError::Sqlx(e),
+    }
+}
 
 /// Rows per multi-row statement: well under every dialect's bind limit
 /// (PostgreSQL and MySQL 65,535; SQLite 32,766) at 8 binds a row.
@@ -444,7 +466,7 @@ impl Store {
                     PackedColumns::unnest(&["text", "bigint", "text"]),
                 );
                 let q = PackedColumns::query(sql, columns);
-                q.execute(&mut **tx).await?;
+                q.execute(&mut **tx).await.map_err(ledger_collision)?;
                 return Ok(());
             }
         }
@@ -459,13 +481,28 @@ impl Store {
             for (u, n, e) in chunk {
                 q = q.bind(*u).bind(*n).bind(*e);
             }
-            q.execute(&mut **tx).await?;
+            q.execute(&mut **tx).await.map_err(ledger_collision)?;
         }
         Ok(())
     }
 
     /// Store a batch in one transaction; see the module docs for the rules.
+    /// A collision with a copy of one of its rows stored at the same time
+    /// (another consumer holding the same entries) runs the batch again.
     pub async fn apply_batch(&self, rows: &[JudgedRow]) -> Result<BatchOutcome, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.apply_batch_once(rows).await {
+                Err(StoreError::ConcurrentDelivery(e)) if attempt < LEDGER_COLLISION_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "a row of this batch was stored concurrently; running the batch again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn apply_batch_once(&self, rows: &[JudgedRow]) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
         if rows.is_empty() {
             return Ok(outcome);
@@ -576,7 +613,10 @@ impl Store {
                 PackedColumns::unnest(&["text", "bigint", "text", "text", "text"]),
             );
             let q = PackedColumns::query(sql, columns);
-            q.bind(now).execute(&mut *tx).await?;
+            q.bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(ledger_collision)?;
         }
         for chunk in rejected_by_values.chunks(CHUNK) {
             let sql = insert_sql(
@@ -602,7 +642,7 @@ impl Store {
                         .bind(now);
                 }
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut *tx).await.map_err(ledger_collision)?;
         }
 
         // 3. The contacts: one candidate per email (the earliest), in email order.

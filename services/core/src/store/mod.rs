@@ -109,6 +109,12 @@ pub enum StoreError {
     SchemaNotReady { found: Option<i64>, expected: i64 },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// A ledger insert met the same (upload, row) stored by another
+    /// transaction since the batch looked: another consumer held a copy of
+    /// the entry. Retried by [`Store::apply_batch`]; seen by callers only
+    /// when that keeps happening.
+    #[error("a row of this batch was stored by another consumer at the same time: {0}")]
+    ConcurrentDelivery(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
