@@ -14,6 +14,12 @@
 //!   `max_deliveries` it goes to the dead-letter stream and the reject ledger
 //!   (`processing_failed`), and is acknowledged.
 //!
+//! Entries pending on a consumer longer than `claim_idle` are taken over by
+//! another one (`XAUTOCLAIM`), as if their consumer had died. So that a live
+//! consumer's slow batch (lock waits, a database outage being waited out) is
+//! not taken over, stored twice and counted as delivered again each time,
+//! the worker renews its claim on the batch in hand while it works on it.
+//!
 //! Tests drive a worker one batch at a time with [`Worker::run_once`].
 
 use std::collections::{HashMap, HashSet};
@@ -399,17 +405,72 @@ impl Worker {
             span.record("rowpipe.row_number_end", last.row_number);
         }
 
-        let result = self
-            .store_rows(ids, rows, shutdown, &mut report)
-            .instrument(span.clone())
-            .await;
-        for (d, why) in poison {
-            self.dead_letter(d, &why, &mut report)
+        let held: Vec<String> = ids
+            .iter()
+            .cloned()
+            .chain(poison.iter().map(|(d, _)| d.id.clone()))
+            .collect();
+        let keep_claimed = self.keep_claimed(held);
+        let work = async {
+            let result = self
+                .store_rows(ids, rows, shutdown, &mut report)
                 .instrument(span.clone())
-                .await?;
+                .await;
+            for (d, why) in poison {
+                self.dead_letter(d, &why, &mut report)
+                    .instrument(span.clone())
+                    .await?;
+            }
+            result
+        };
+        tokio::select! {
+            result = work => result?,
+            never = keep_claimed => match never {},
         }
-        result?;
         Ok(report)
+    }
+
+    /// Renew this consumer's claim on `ids` every third of `claim_idle`
+    /// until dropped. `XCLAIM … JUSTID` resets an entry's idle time without
+    /// counting a delivery; its minimum idle time (half the period) leaves
+    /// alone an entry another consumer has only just claimed.
+    fn keep_claimed(
+        &self,
+        ids: Vec<String>,
+    ) -> impl std::future::Future<Output = std::convert::Infallible> + 'static {
+        let mut redis = self.redis.clone();
+        let stream = self.config.stream.stream.clone();
+        let group = self.config.stream.group.clone();
+        let name = self.name.clone();
+        let period = self.config.claim_idle() / 3;
+        async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if ids.is_empty() {
+                    continue;
+                }
+                let renewed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(&group)
+                    .arg(&name)
+                    .arg((period / 2).as_millis() as u64)
+                    .arg(&ids)
+                    .arg("JUSTID")
+                    .query_async(&mut redis)
+                    .await;
+                match renewed {
+                    Ok(renewed) => {
+                        tracing::debug!(
+                            renewed = renewed.len(),
+                            "claim on the batch in hand renewed"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew the claim on the batch in hand")
+                    }
+                }
+            }
+        }
     }
 
     /// Store rows with the retry rules from the module docs, then acknowledge.

@@ -432,3 +432,68 @@ async fn a_stalled_group_makes_a_large_upload_wait_within_the_backlog_bound() {
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }
+
+/// A batch held up in the database for many times `claim_idle` stays with
+/// the consumer working on it: the others, idle and claiming every half
+/// `claim_idle`, never take it over, and it is delivered once.
+async fn a_slow_batch_is_not_taken_over_by_another_consumer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut csv = String::from("email,name\n");
+    for i in 1..=300 {
+        csv.push_str(&format!("user{i}@example.com,User {i}\n"));
+    }
+    // An open transaction inserting one of the file's emails: the batch that
+    // holds that email waits on its index entry until the rollback.
+    let mut blocker = app.store.pool().begin().await.expect("begin");
+    let insert = app.store.dialect().sql(
+        "INSERT INTO contacts (email, email_raw, name, attributes, upload_id, upload_seq, \"row_number\", created_at_ms) \
+         VALUES ('user1@example.com', 'user1@example.com', NULL, NULL, 'blocker', 0, 0, 0)",
+    );
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .execute(&mut *blocker)
+        .await
+        .expect("blocking insert");
+
+    let env = [("ROWPIPE_CLAIM_IDLE_MS", "600")];
+    let mut procs: Vec<_> = (0..2)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, &env))
+        .collect();
+    let id = app.upload_ok(csv.into_bytes()).await;
+    eventually(Duration::from_secs(60), "a batch to be in hand", || async {
+        app.pending().await > 0
+    })
+    .await;
+    // Ten times `claim_idle`: without the renewed claim, idle workers take
+    // the batch over (and over) after 600 ms.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut con = app.redis.clone();
+    let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&app.stream)
+        .arg(&app.group)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(&mut con)
+        .await
+        .expect("XPENDING");
+    assert!(!pending.ids.is_empty(), "the held-up batch is pending");
+    let most = pending.ids.iter().map(|p| p.times_delivered).max();
+    assert_eq!(
+        most,
+        Some(1),
+        "entries of the held-up batch were taken over: {:?}",
+        pending
+            .ids
+            .iter()
+            .map(|p| (&p.consumer, p.times_delivered))
+            .collect::<Vec<_>>()
+    );
+
+    blocker.rollback().await.expect("rollback");
+    let status = app.wait_completed(&id, Duration::from_secs(120)).await;
+    assert_eq!(status["counts"]["inserted"], 300, "{status}");
+    assert_eq!(app.pending().await, 0);
+    app.cleanup_with(&mut procs).await;
+}
+
+rowpipe_testkit::on_databases!(a_slow_batch_is_not_taken_over_by_another_consumer: Postgres, MySql);
