@@ -170,6 +170,19 @@ class Db:
             sys.exit(f"bench: {self.kind} client failed: {out.stderr.strip()}\n{sql}")
         return out.stdout.strip()
 
+    def settle(self):
+        """Start a timed phase from the same state as the others: PostgreSQL
+        writes the WAL of the previous phase out now (CHECKPOINT) rather than
+        in the middle of the next one, where it would land on whichever phase
+        happened to cross `max_wal_size`."""
+        if self.kind != "postgres":
+            return
+        out = subprocess.run(["psql", "-X", "-q", "-At", self.admin, "-c", "CHECKPOINT"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"bench: CHECKPOINT not allowed ({out.stderr.strip()}); phases may share checkpoint work",
+                  file=sys.stderr)
+
     def sql_admin(self, sql):
         return self._client(self.admin, sql)
 
@@ -191,6 +204,7 @@ class Db:
             # COPY into an unlogged staging table, then one conflict-aware INSERT … SELECT.
             self._client(self.url, "CREATE UNLOGGED TABLE ref_staging (line BIGSERIAL, name TEXT, email TEXT);"
                          "CREATE TABLE ref_contacts (email VARCHAR(320) PRIMARY KEY, name TEXT, line BIGINT);")
+            self.settle()
             t0 = time.perf_counter()
             cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url,
                    "-c", f"\\copy ref_staging(name, email) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)",
@@ -340,6 +354,7 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             secs = db.reference(csv_path)
             result["ref_secs"] = secs
             result["ref_outcome"] = db.reference_outcome()
+        db.settle()
         mem = MemoryPoller(args.redis)
         mem.start()
         pipe = Pipeline(args.bins, db.url, args.redis, consumers, consumer_env=consumer_env, extra_env=extra_env)
