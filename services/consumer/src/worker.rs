@@ -370,7 +370,9 @@ impl Worker {
             let times = deliveries.get(&d.id).copied().unwrap_or(1);
             match &d.entry {
                 Ok(entry) if times <= self.config.max_deliveries => {
+                    // One link per producer batch: its entries share a traceparent.
                     if let Some(tp) = entry.trace.iter().find(|(k, _)| k == "traceparent")
+                        && !linked.contains(&tp.1)
                         && linked.insert(tp.1.clone())
                     {
                         let cx = rowpipe_core::telemetry::extract(&entry.trace);
