@@ -601,6 +601,9 @@ impl Worker {
         span.record("rowpipe.rows_rejected", outcome.rejected);
         metrics::counter!("rowpipe_consumer_rows_processed_total")
             .increment(outcome.accepted + outcome.rejected);
+        if outcome.reruns > 0 {
+            metrics::counter!("rowpipe_consumer_batch_reruns_total").increment(outcome.reruns);
+        }
         for (reason, n) in &outcome.rejected_by_reason {
             metrics::counter!("rowpipe_consumer_rows_rejected_total", "reason" => reason.code())
                 .increment(*n);

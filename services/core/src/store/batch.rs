@@ -94,6 +94,9 @@ pub struct BatchOutcome {
     /// earlier in the same file) that arrived later.
     pub displaced: u64,
     pub rejected_by_reason: BTreeMap<RejectReason, u64>,
+    /// Times the batch ran again because another consumer stored some of
+    /// the same rows at the same moment (see the module docs).
+    pub reruns: u64,
     /// Uploads this batch touched, so the caller can try to complete them.
     pub uploads: Vec<String>,
 }
@@ -502,7 +505,11 @@ impl Store {
                     tracing::debug!(error = %e, attempt, "a row of this batch was stored concurrently; running the batch again");
                     attempt += 1;
                 }
-                result => return result,
+                Ok(mut outcome) => {
+                    outcome.reruns = (attempt - 1) as u64;
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
