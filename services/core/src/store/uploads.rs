@@ -299,38 +299,40 @@ impl Store {
     /// the conditional update makes exactly one caller win. Returns true for
     /// that caller.
     pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
-        let now = now_ms();
-        // The counts are read in the same statement that claims completion.
-        let total = |col: &str| {
-            format!(
-                "({col} + (SELECT COALESCE(SUM({col}), 0) FROM upload_progress WHERE upload_id = ?))"
-            )
+        // Every batch calls this and only the last one finds the upload
+        // done: the others stop at this one read and take no lock. Once
+        // every enqueued row is processed the counts no longer change
+        // (redeliveries are not counted), so the values read here are final.
+        let Some(upload) = self.upload_record(id).await? else {
+            return Ok(false);
         };
-        let (processed, rejected, inserted) = (
-            total("rows_processed"),
-            total("rows_rejected"),
-            total("rows_inserted"),
+        let c = &upload.counts;
+        let open = matches!(
+            upload.status,
+            UploadStatus::Queued | UploadStatus::Processing
         );
-        let claimed = sqlx::query(self.q(&format!(
+        if !open || c.processed < c.enqueued {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let claimed = sqlx::query(self.q(
             "UPDATE uploads SET status = 'completed', completed_at_ms = ?, updated_at_ms = ?, \
-             rows_duplicate = {processed} - {rejected} - {inserted} \
-             WHERE id = ? AND status IN ('queued', 'processing') AND rows_enqueued <= {processed}"
-        )))
+             rows_duplicate = ? \
+             WHERE id = ? AND status IN ('queued', 'processing') AND rows_enqueued <= ?",
+        ))
         .bind(now)
         .bind(now)
+        .bind(c.duplicates)
         .bind(id)
-        .bind(id)
-        .bind(id)
-        .bind(id)
-        .bind(id)
+        .bind(c.processed)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(claimed > 0)
     }
 
-    /// One upload with its live counts.
-    pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+    /// An upload's row with its live counts (no per-reason breakdown).
+    async fn upload_record(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
         let row = sqlx::query(self.q(&format!(
             "SELECT {} FROM uploads u WHERE u.id = ?",
             upload_columns(self.dialect)
@@ -338,8 +340,14 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut record = record_from_row(&row)?;
+        Ok(row.as_ref().map(record_from_row).transpose()?)
+    }
+
+    /// One upload with its live counts.
+    pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        let Some(mut record) = self.upload_record(id).await? else {
+            return Ok(None);
+        };
         let reasons = sqlx::query(self.q(
             "SELECT reason, COUNT(*) AS n FROM rejected_rows WHERE upload_id = ? GROUP BY reason",
         ))
