@@ -151,6 +151,43 @@ fn insert_sql(dialect: Dialect, table_and_cols: &str, rows: usize, cols: usize) 
 
 type Tx = sqlx::Transaction<'static, Any>;
 
+/// One value of a row to insert, for either form a batch is sent in: packed
+/// into a column parameter ([`PackedColumns`]) or bound in a `VALUES` list.
+#[derive(Clone, Copy, Debug)]
+enum Cell<'a> {
+    Text(&'a str),
+    Int(i64),
+    Null,
+}
+
+impl<'a> Cell<'a> {
+    fn text_or_null(value: Option<&'a str>) -> Self {
+        value.map_or(Cell::Null, Cell::Text)
+    }
+
+    /// Bind this value as the query's next parameter.
+    fn bind<'q>(self, q: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments>
+    where
+        'a: 'q,
+    {
+        match self {
+            Cell::Text(v) => q.bind(v),
+            Cell::Int(v) => q.bind(v),
+            Cell::Null => q.bind(None::<&str>),
+        }
+    }
+}
+
+/// `sql` with every cell of `rows` bound in order.
+fn bind_rows<'q, const N: usize>(
+    sql: String,
+    rows: &[[Cell<'q>; N]],
+) -> Query<'q, Any, AnyArguments> {
+    rows.iter()
+        .flatten()
+        .fold(sqlx::query(AssertSqlSafe(sql)), |q, cell| cell.bind(q))
+}
+
 /// A PostgreSQL batch as one text parameter per column, which
 /// `string_to_array($n, chr(30), chr(31))` splits back: values separated by
 /// the record separator (U+001E), NULL written as the unit separator
@@ -180,19 +217,24 @@ impl PackedColumns {
         }
     }
 
-    fn push_row(&mut self, values: &[Option<&str>]) {
-        for (column, value) in self.columns.iter_mut().zip(values) {
+    fn push_row(&mut self, cells: &[Cell<'_>]) {
+        use std::fmt::Write;
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
             if self.rows > 0 {
                 column.push(Self::SEPARATOR);
             }
-            match value {
-                Some(v) => {
+            match *cell {
+                Cell::Text(v) => {
                     if v.is_empty() || v.contains([Self::SEPARATOR, Self::NULL]) {
                         self.usable = false;
                     }
                     column.push_str(v);
                 }
-                None => column.push(Self::NULL),
+                // Writing into a String cannot fail.
+                Cell::Int(v) => {
+                    let _ = write!(column, "{v}");
+                }
+                Cell::Null => column.push(Self::NULL),
             }
         }
         self.rows += 1;
@@ -264,48 +306,49 @@ impl Store {
         let cols = format!(
             "email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms"
         );
-        if dialect == Dialect::Postgres {
-            let accepted = chunk.iter().filter_map(|(_, r)| match &r.verdict {
+        // Candidates are valid rows (see `apply_batch_once`, step 3).
+        let rows: Vec<[Cell<'_>; 8]> = chunk
+            .iter()
+            .filter_map(|(_, r)| match &r.verdict {
                 RowVerdict::Accept {
                     email,
                     email_raw,
                     name,
                     attributes,
-                } => Some((r, email, email_raw, name, attributes)),
-                _ => None,
-            });
-            let mut packed = PackedColumns::new(7);
-            for (r, email, email_raw, name, attributes) in accepted {
-                packed.push_row(&[
-                    Some(email),
-                    Some(email_raw),
-                    name.as_deref(),
-                    attributes.as_deref(),
-                    Some(&r.upload_id),
-                    Some(&r.upload_seq.to_string()),
-                    Some(&r.row_number.to_string()),
-                ]);
+                } => Some([
+                    Cell::Text(email),
+                    Cell::Text(email_raw),
+                    Cell::text_or_null(name.as_deref()),
+                    Cell::text_or_null(attributes.as_deref()),
+                    Cell::Text(&r.upload_id),
+                    Cell::Int(r.upload_seq),
+                    Cell::Int(r.row_number),
+                    Cell::Int(now),
+                ]),
+                RowVerdict::Reject { .. } => None,
+            })
+            .collect();
+        if dialect == Dialect::Postgres {
+            let mut packed = PackedColumns::new(8);
+            for row in &rows {
+                packed.push_row(row);
             }
-            // Only the emails that were not inserted come back (a few per
-            // cent), not every inserted one.
-            let tail = format!(
-                "ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $NOW FROM src \
-                 ON CONFLICT (email) DO NOTHING RETURNING email) \
-                 SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)"
-            );
             if let Some(columns) = packed.finish() {
+                // Only the emails that were not inserted come back (a few per
+                // cent), not every inserted one.
                 let sql = format!(
-                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n)), {}",
+                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n, c)), \
+                     ins AS (INSERT INTO contacts ({cols}) SELECT * FROM src \
+                     ON CONFLICT (email) DO NOTHING RETURNING email) \
+                     SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)",
                     PackedColumns::unnest(&[
-                        "text", "text", "text", "text", "text", "bigint", "bigint"
+                        "text", "text", "text", "text", "text", "bigint", "bigint", "bigint"
                     ]),
-                    tail.replace("$NOW", "$8"),
                 );
-                let rows = PackedColumns::query(sql, columns)
-                    .bind(now)
+                let returned = PackedColumns::query(sql, columns)
                     .fetch_all(&mut **tx)
                     .await?;
-                for row in rows {
+                for row in returned {
                     contested.insert(row.try_get::<String, _>(0)?);
                 }
                 return Ok(contested);
@@ -313,31 +356,12 @@ impl Store {
             // Values the packed form cannot carry: the plain VALUES form below.
         }
         let mut sql = format!("INSERT INTO contacts ({cols}) VALUES ");
-        values_clause(dialect, chunk.len(), 8, &mut sql);
+        values_clause(dialect, rows.len(), 8, &mut sql);
         sql.push_str(match dialect {
             Dialect::MySql => " ON DUPLICATE KEY UPDATE email = email",
             _ => " ON CONFLICT (email) DO NOTHING RETURNING email",
         });
-        let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-        for (_, r) in chunk {
-            if let RowVerdict::Accept {
-                email,
-                email_raw,
-                name,
-                attributes,
-            } = &r.verdict
-            {
-                q = q
-                    .bind(email.as_str())
-                    .bind(email_raw.as_str())
-                    .bind(name.as_deref())
-                    .bind(attributes.as_deref())
-                    .bind(r.upload_id.as_str())
-                    .bind(r.upload_seq)
-                    .bind(r.row_number)
-                    .bind(now);
-            }
-        }
+        let q = bind_rows(sql, &rows);
         if dialect == Dialect::MySql {
             q.execute(&mut **tx).await?;
             contested.extend(chunk.iter().map(|(e, _)| e.to_string()));
@@ -374,7 +398,7 @@ impl Store {
             // planned as a scan of the whole, growing table).
             let mut packed = PackedColumns::new(1);
             for (e, _) in contested {
-                packed.push_row(&[Some(e)]);
+                packed.push_row(&[Cell::Text(e)]);
             }
             if let Some(columns) = packed.finish() {
                 let sql = format!(
@@ -455,41 +479,42 @@ impl Store {
         Ok(())
     }
 
-    /// Record rows in the `accepted_rows` ledger (duplicates, displaced
-    /// winners, and on MySQL every accepted row).
-    async fn insert_ledger(
+    /// Insert rows into a ledger (`accepted_rows`, `rejected_rows`): packed
+    /// on PostgreSQL, else (or for values the packed form cannot carry) as
+    /// multi-row `VALUES`. A unique violation is a [`ledger_collision`].
+    async fn insert_ledger_rows<const N: usize>(
         &self,
         tx: &mut Tx,
-        rows: &[(&str, i64, &str)],
+        table_and_cols: &str,
+        types: [&str; N],
+        rows: &[[Cell<'_>; N]],
     ) -> Result<(), StoreError> {
-        let dialect = self.dialect;
-        if dialect == Dialect::Postgres && !rows.is_empty() {
-            let mut packed = PackedColumns::new(3);
-            for (u, n, e) in rows {
-                packed.push_row(&[Some(u), Some(&n.to_string()), Some(e)]);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if self.dialect == Dialect::Postgres {
+            let mut packed = PackedColumns::new(N);
+            for row in rows {
+                packed.push_row(row);
             }
             if let Some(columns) = packed.finish() {
                 let sql = format!(
-                    "INSERT INTO accepted_rows (upload_id, \"row_number\", email) SELECT * FROM {}",
-                    PackedColumns::unnest(&["text", "bigint", "text"]),
+                    "INSERT INTO {table_and_cols} SELECT * FROM {}",
+                    PackedColumns::unnest(&types),
                 );
-                let q = PackedColumns::query(sql, columns);
-                q.execute(&mut **tx).await.map_err(ledger_collision)?;
+                PackedColumns::query(sql, columns)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(ledger_collision)?;
                 return Ok(());
             }
         }
         for chunk in rows.chunks(CHUNK) {
-            let sql = insert_sql(
-                dialect,
-                "accepted_rows (upload_id, \"row_number\", email)",
-                chunk.len(),
-                3,
-            );
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for (u, n, e) in chunk {
-                q = q.bind(*u).bind(*n).bind(*e);
-            }
-            q.execute(&mut **tx).await.map_err(ledger_collision)?;
+            let sql = insert_sql(self.dialect, table_and_cols, chunk.len(), N);
+            bind_rows(sql, chunk)
+                .execute(&mut **tx)
+                .await
+                .map_err(ledger_collision)?;
         }
         Ok(())
     }
@@ -588,74 +613,34 @@ impl Store {
         }
 
         // 2. The reject ledger.
-        for r in &rejected {
-            if let RowVerdict::Reject { reason, .. } = &r.verdict {
-                *outcome.rejected_by_reason.entry(*reason).or_default() += 1;
-            }
-        }
-        let mut packed = PackedColumns::new(5);
-        if dialect == Dialect::Postgres {
-            for r in &rejected {
-                if let RowVerdict::Reject {
+        let reject_rows: Vec<[Cell<'_>; 6]> = rejected
+            .iter()
+            .filter_map(|r| match &r.verdict {
+                RowVerdict::Reject {
                     reason,
                     message,
                     fields,
-                } = &r.verdict
-                {
-                    packed.push_row(&[
-                        Some(&r.upload_id),
-                        Some(&r.row_number.to_string()),
-                        Some(reason.code()),
-                        Some(message),
-                        Some(fields),
-                    ]);
+                } => {
+                    *outcome.rejected_by_reason.entry(*reason).or_default() += 1;
+                    Some([
+                        Cell::Text(&r.upload_id),
+                        Cell::Int(r.row_number),
+                        Cell::Text(reason.code()),
+                        Cell::Text(message),
+                        Cell::Text(fields),
+                        Cell::Int(now),
+                    ])
                 }
-            }
-        }
-        let packed = if dialect == Dialect::Postgres {
-            packed.finish()
-        } else {
-            None
-        };
-        let rejected_by_values: &[&JudgedRow] = if packed.is_some() { &[] } else { &rejected };
-        if let Some(columns) = packed {
-            let sql = format!(
-                "INSERT INTO rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms) \
-                 SELECT u, n, r, m, f, $6 FROM {} AS t(u, n, r, m, f)",
-                PackedColumns::unnest(&["text", "bigint", "text", "text", "text"]),
-            );
-            let q = PackedColumns::query(sql, columns);
-            q.bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(ledger_collision)?;
-        }
-        for chunk in rejected_by_values.chunks(CHUNK) {
-            let sql = insert_sql(
-                dialect,
-                "rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms)",
-                chunk.len(),
-                6,
-            );
-            let mut q: Query<'_, Any, AnyArguments> = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                if let RowVerdict::Reject {
-                    reason,
-                    message,
-                    fields,
-                } = &r.verdict
-                {
-                    q = q
-                        .bind(r.upload_id.as_str())
-                        .bind(r.row_number)
-                        .bind(reason.code())
-                        .bind(message.as_str())
-                        .bind(fields.as_str())
-                        .bind(now);
-                }
-            }
-            q.execute(&mut *tx).await.map_err(ledger_collision)?;
-        }
+                RowVerdict::Accept { .. } => None,
+            })
+            .collect();
+        self.insert_ledger_rows(
+            &mut tx,
+            "rejected_rows (upload_id, \"row_number\", reason, message, fields, created_at_ms)",
+            ["text", "bigint", "text", "text", "text", "bigint"],
+            &reject_rows,
+        )
+        .await?;
 
         // 3. The contacts: one candidate per email (the earliest), in email order.
         let mut candidates: Vec<(&str, &JudgedRow)> = by_email
@@ -730,14 +715,24 @@ impl Store {
                 }
             }
         }
-        let displaced_rows: Vec<(&str, i64, &str)> = displaced_owners
-            .iter()
-            .map(|((upload, _, row), email)| (upload.as_str(), *row, *email))
-            .collect();
-        ledger.extend(displaced_rows);
+        ledger.extend(
+            displaced_owners
+                .iter()
+                .map(|((upload, _, row), email)| (upload.as_str(), *row, *email)),
+        );
         ledger.sort_unstable();
         // 4. The accepted ledger: duplicates (and displaced winners).
-        self.insert_ledger(&mut tx, &ledger).await?;
+        let ledger_rows: Vec<[Cell<'_>; 3]> = ledger
+            .iter()
+            .map(|&(upload, row, email)| [Cell::Text(upload), Cell::Int(row), Cell::Text(email)])
+            .collect();
+        self.insert_ledger_rows(
+            &mut tx,
+            "accepted_rows (upload_id, \"row_number\", email)",
+            ["text", "bigint", "text"],
+            &ledger_rows,
+        )
+        .await?;
         outcome.replayed += replayed_winners.len() as u64;
 
         // 5. Per-upload progress, last, into one of the upload's progress
@@ -818,8 +813,8 @@ mod tests {
     #[test]
     fn packed_columns_separate_values_and_mark_nulls() {
         let mut p = PackedColumns::new(2);
-        p.push_row(&[Some("a@x.org"), None]);
-        p.push_row(&[Some("b@x.org"), Some("{\"k\":\"v\"}")]);
+        p.push_row(&[Cell::Text("a@x.org"), Cell::Null]);
+        p.push_row(&[Cell::Text("b@x.org"), Cell::Text("{\"k\":\"v\"}")]);
         assert_eq!(
             p.finish(),
             Some(vec![
@@ -841,8 +836,8 @@ mod tests {
     fn packed_columns_refuse_what_they_cannot_carry() {
         for odd in ["", "a\u{1e}b", "\u{1f}"] {
             let mut p = PackedColumns::new(1);
-            p.push_row(&[Some("fine")]);
-            p.push_row(&[Some(odd)]);
+            p.push_row(&[Cell::Text("fine")]);
+            p.push_row(&[Cell::Text(odd)]);
             assert_eq!(p.finish(), None, "{odd:?}");
         }
         assert_eq!(PackedColumns::new(1).finish(), None, "no rows");
