@@ -489,10 +489,13 @@ impl Worker {
         }
         match self.apply_with_retry(&rows, shutdown).await {
             Ok(Some(outcome)) => {
-                self.ack(&ids).await?;
-                report.acknowledged += ids.len();
                 report.replayed += outcome.replayed;
-                self.after_commit(&outcome, report).await;
+                if self.after_commit(&outcome, report).await {
+                    self.ack(&ids).await?;
+                    report.acknowledged += ids.len();
+                } else {
+                    report.left_pending += ids.len();
+                }
                 Ok(())
             }
             Ok(None) => {
@@ -505,9 +508,12 @@ impl Worker {
                 for (id, row) in ids.into_iter().zip(rows) {
                     match self.store.apply_batch(std::slice::from_ref(&row)).await {
                         Ok(outcome) => {
-                            self.ack(std::slice::from_ref(&id)).await?;
-                            report.acknowledged += 1;
-                            self.after_commit(&outcome, report).await;
+                            if self.after_commit(&outcome, report).await {
+                                self.ack(std::slice::from_ref(&id)).await?;
+                                report.acknowledged += 1;
+                            } else {
+                                report.left_pending += 1;
+                            }
                         }
                         Err(e) => {
                             metrics::counter!("rowpipe_db_errors_total").increment(1);
@@ -591,11 +597,19 @@ impl Worker {
         }
     }
 
+    /// Metrics for a committed batch, and the completion check of every
+    /// upload it touched. That check runs before the `XACK`: an entry is
+    /// acknowledged only once its upload's completion has been checked, so
+    /// a consumer that dies in between leaves the entries pending and their
+    /// redelivery (stored already, so only replayed) checks again. Returns
+    /// false if a check could not run; the caller then leaves the entries
+    /// pending for the same reason.
     async fn after_commit(
         &mut self,
         outcome: &rowpipe_core::store::BatchOutcome,
         report: &mut BatchReport,
-    ) {
+    ) -> bool {
+        let mut checked = true;
         let span = tracing::Span::current();
         span.record("rowpipe.rows_accepted", outcome.accepted);
         span.record("rowpipe.rows_rejected", outcome.rejected);
@@ -631,10 +645,13 @@ impl Worker {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(upload_id = %upload, error = %e, "could not check upload completion")
+                    checked = false;
+                    metrics::counter!("rowpipe_db_errors_total").increment(1);
+                    tracing::warn!(upload_id = %upload, error = %e, "could not check upload completion; the batch stays pending and is checked again on redelivery")
                 }
             }
         }
+        checked
     }
 
     async fn ack(&mut self, ids: &[String]) -> anyhow::Result<()> {
@@ -695,6 +712,12 @@ impl Worker {
             .store
             .apply_batch(std::slice::from_ref(&failed))
             .await?;
+        if !self.after_commit(&outcome, report).await {
+            // Redelivered, the entry finds its reject already stored and
+            // checks completion again before it is dead-lettered.
+            report.left_pending += 1;
+            return Ok(());
+        }
         let mut dl = vec![
             ("source_id".to_string(), id.to_string()),
             ("error".to_string(), error.to_string()),
@@ -713,7 +736,6 @@ impl Worker {
         tracing::error!(entry = %id, upload_id = %failed.upload_id, row_number = failed.row_number, error, "entry dead-lettered");
         report.dead_lettered += 1;
         report.acknowledged += 1;
-        self.after_commit(&outcome, report).await;
         Ok(())
     }
 

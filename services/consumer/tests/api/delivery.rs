@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use rowpipe_consumer::judge::judge;
+use rowpipe_core::stream::StreamEntry;
+use rowpipe_core::validate::EmailPolicy;
 use rowpipe_testkit::{
     Backend, Generated, TestApp, ToggleProxy, acknowledged, eventually, generate_contacts,
     spawn_app, via_port,
@@ -130,15 +133,33 @@ async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
         ("ROWPIPE_CLAIM_IDLE_MS", "1500"),
         ("ROWPIPE_BATCH_SIZE", "500"),
     ];
+    // The whole file is in the stream before any consumer starts, and each
+    // kill waits for a share of it to be processed, not for a time: however
+    // fast the consumers are, the kills land while work remains.
+    let id = app.upload_ok(file.csv.clone()).await;
     let mut procs: Vec<_> = (0..3)
         .map(|_| app.spawn_consumer(CONSUMER_BIN, &env))
         .collect();
-    let id = app.upload_ok(file.csv.clone()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut kills = 0;
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
-        if app.status(&id).await["status"] == "completed" {
+    for round in 1..=8u64 {
+        let target = round * 10_000 + rng.random_range(0..5_000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let done = loop {
+            let status = app.status(&id).await;
+            if status["status"] == "completed" {
+                break true;
+            }
+            if status["counts"]["processed"].as_u64().unwrap_or(0) >= target {
+                break false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress to {target} rows: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if done {
             break;
         }
         let victim = rng.random_range(0..procs.len());
@@ -497,3 +518,76 @@ async fn a_slow_batch_is_not_taken_over_by_another_consumer(backend: Backend) {
 }
 
 rowpipe_testkit::on_databases!(a_slow_batch_is_not_taken_over_by_another_consumer: Postgres, MySql);
+
+async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes_the_upload(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let file = generate_contacts(400, 20, 2, 41);
+    let expected = Generated::oracle(&[&file]);
+    let id = app.upload_ok(file.csv.clone()).await;
+
+    // A consumer reads every entry, commits them as one batch and dies
+    // before it checks completion or acknowledges anything.
+    let mut con = app.redis.clone();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&app.group)
+        .arg("died-after-commit")
+        .arg("COUNT")
+        .arg(10_000)
+        .arg("STREAMS")
+        .arg(&app.stream)
+        .arg(">")
+        .query_async(&mut con)
+        .await
+        .expect("XREADGROUP");
+    let seq = app
+        .store
+        .upload_seq(&id)
+        .await
+        .expect("upload seq")
+        .expect("the upload is recorded");
+    let rows: Vec<_> = read
+        .keys
+        .iter()
+        .flat_map(|k| &k.ids)
+        .map(|e| {
+            let entry = StreamEntry::from_map(&e.map).expect("an entry the upload wrote");
+            judge(
+                &entry,
+                entry.upload_seq.unwrap_or(seq),
+                EmailPolicy::default(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 400, "the dead consumer read the whole file");
+    app.store
+        .apply_batch(&rows)
+        .await
+        .expect("the batch commits");
+    let before = app.status(&id).await;
+    assert_eq!(before["counts"]["processed"], 400, "{before}");
+    assert_ne!(before["status"], "completed", "{before}");
+
+    // A live consumer takes the entries over; they are all stored already.
+    let env = [("ROWPIPE_CLAIM_IDLE_MS", "500")];
+    let mut procs = vec![app.spawn_consumer(CONSUMER_BIN, &env)];
+    let status = app.wait_completed(&id, Duration::from_secs(60)).await;
+    let c = &status["counts"];
+    assert_eq!(
+        c["inserted"].as_i64().unwrap_or(0)
+            + c["duplicates"].as_i64().unwrap_or(0)
+            + c["rejected"].as_i64().unwrap_or(0),
+        400,
+        "every row counted once: {status}"
+    );
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    eventually(Duration::from_secs(30), "nothing pending", || async {
+        app.pending().await == 0
+    })
+    .await;
+    app.cleanup_with(&mut procs).await;
+}
+
+rowpipe_testkit::on_databases!(a_consumer_that_dies_between_commit_and_acknowledgement_still_completes_the_upload: Sqlite, Postgres, MySql);

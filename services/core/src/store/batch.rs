@@ -801,7 +801,10 @@ impl Store {
 
         outcome.accepted = (fresh.len() - rejected.len()) as u64 - replayed_winners.len() as u64;
         outcome.rejected = rejected.len() as u64;
-        outcome.uploads = per_upload.keys().map(|u| u.to_string()).collect();
+        // Every upload the batch holds, not only those it counted rows for:
+        // a batch that is wholly a redelivery (its first consumer died
+        // between commit and the completion check) must still complete it.
+        outcome.uploads = ranges.keys().map(|u| u.to_string()).collect();
         Ok(outcome)
     }
 }
