@@ -7,11 +7,13 @@ the `psql` / `mariadb` clients (or Python's sqlite3). Figures are printed as one
 table; ratios, not absolute numbers, are what to compare across machines.
 """
 import argparse
+import atexit
 import http.client
 import json
 import os
 import random
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -458,6 +460,8 @@ def main():
              "mysql": os.environ.get("ROWPIPE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql"),
              "sqlite": None}[args.db]
     work = tempfile.mkdtemp(prefix="rowpipe-bench-data-")
+    # The generated files are as big as the run (41 MiB per million rows).
+    atexit.register(shutil.rmtree, work, True)
     csv_path = os.path.join(work, "contacts.csv")
     generate(csv_path, args.rows, args.seed)
     print(f"# rowpipe benchmark: {args.rows:,} rows ({os.path.getsize(csv_path) / 2**20:.1f} MiB), {args.db}, "
