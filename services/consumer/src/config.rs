@@ -98,6 +98,12 @@ impl Config {
         Duration::from_millis(self.claim_idle_ms.max(100))
     }
 
+    /// How often a process looks for entries to take over: twice per
+    /// `claim_idle`, so an abandoned entry waits at most 1.5 × `claim_idle`.
+    pub fn reclaim_interval(&self) -> Duration {
+        (self.claim_idle() / 2).max(Duration::from_millis(500))
+    }
+
     /// A name unique to this process: host, pid, random suffix.
     pub fn consumer_base_name(&self) -> String {
         let host = self.consumer_name.clone().unwrap_or_else(|| {

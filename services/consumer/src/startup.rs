@@ -13,6 +13,7 @@ use rowpipe_core::store::Store;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::reclaim::ReclaimTurns;
 use crate::worker::{Health, Worker};
 
 /// A built consumer: connected, schema checked, HTTP port bound.
@@ -21,6 +22,7 @@ pub struct Application {
     store: Store,
     redis: redis::aio::ConnectionManager,
     health: Arc<Health>,
+    reclaim_turns: Arc<ReclaimTurns>,
     listener: TcpListener,
     port: u16,
     base_name: String,
@@ -42,11 +44,13 @@ impl Application {
         let listener = TcpListener::bind(config.metrics_listen).await?;
         let port = listener.local_addr()?.port();
         let base_name = config.consumer_base_name();
+        let reclaim_turns = Arc::new(ReclaimTurns::new(config.reclaim_interval()));
         Ok(Self {
             config: Arc::new(config),
             store,
             redis,
             health: Arc::new(Health::default()),
+            reclaim_turns,
             listener,
             port,
             base_name,
@@ -65,6 +69,7 @@ impl Application {
             self.store.clone(),
             self.redis.clone(),
             self.health.clone(),
+            self.reclaim_turns.clone(),
         )
         .await
     }

@@ -15,7 +15,8 @@
 //!   (`processing_failed`), and is acknowledged.
 //!
 //! Entries pending on a consumer longer than `claim_idle` are taken over by
-//! another one (`XAUTOCLAIM`), as if their consumer had died. So that a live
+//! another one (`XAUTOCLAIM`, one worker per process at a time: see
+//! [`crate::reclaim`]), as if their consumer had died. So that a live
 //! consumer's slow batch (lock waits, a database outage being waited out) is
 //! not taken over, stored twice and counted as delivered again each time,
 //! the worker renews its claim on the batch in hand while it works on it.
@@ -42,6 +43,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::Config;
 use crate::judge::judge;
+use crate::reclaim::ReclaimTurns;
 
 /// What readiness reports: the last known state of each dependency.
 #[derive(Debug)]
@@ -128,7 +130,7 @@ pub struct Worker {
     reader: GroupReader,
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
-    last_claim: Instant,
+    reclaim_turns: Arc<ReclaimTurns>,
 }
 
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -140,6 +142,7 @@ impl Worker {
         store: Store,
         redis: ConnectionManager,
         health: Arc<Health>,
+        reclaim_turns: Arc<ReclaimTurns>,
     ) -> anyhow::Result<Self> {
         let reader = GroupReader::connect(
             &config.stream.redis_url,
@@ -154,7 +157,7 @@ impl Worker {
             reader,
             health,
             seq_cache: HashMap::new(),
-            last_claim: Instant::now(),
+            reclaim_turns,
         })
     }
 
@@ -165,9 +168,11 @@ impl Worker {
     /// Read one batch (waiting up to about a second for its first entry) and
     /// process it. `Ok(None)` when nothing arrived.
     pub async fn run_once(&mut self, shutdown: &Shutdown) -> anyhow::Result<Option<BatchReport>> {
-        if self.last_claim.elapsed() >= self.claim_interval() {
-            self.last_claim = Instant::now();
+        if self.reclaim_turns.take() {
             let claimed = self.reclaim().await?;
+            if claimed.len() >= self.config.batch_size {
+                self.reclaim_turns.again();
+            }
             if !claimed.is_empty() {
                 return Ok(Some(self.process(claimed, shutdown, true).await?));
             }
@@ -177,10 +182,6 @@ impl Worker {
             return Ok(None);
         }
         Ok(Some(self.process(delivered, shutdown, false).await?))
-    }
-
-    fn claim_interval(&self) -> Duration {
-        (self.config.claim_idle() / 2).max(Duration::from_millis(500))
     }
 
     async fn xreadgroup(
