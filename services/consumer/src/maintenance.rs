@@ -1,12 +1,14 @@
 //! Periodic housekeeping, one task per process: sample the stream gauges,
-//! trim what every group has acknowledged, and forget consumers that left
-//! without saying goodbye (nothing pending, idle for a long time).
+//! trim what every group has acknowledged, forget consumers that left
+//! without saying goodbye (nothing pending, idle for a long time), and sweep
+//! the open uploads for any that are done (see [`crate::completion`]).
 
 use std::time::Duration;
 
 use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::store::Store;
 use rowpipe_core::stream;
 
 /// Consumers idle this long with nothing pending are removed from the group.
@@ -42,8 +44,9 @@ pub async fn tick(
     Ok(())
 }
 
-/// Run [`tick`] every `every` until shutdown.
+/// Run [`tick`] and the completion sweep every `every` until shutdown.
 pub async fn run(
+    store: Store,
     mut con: ConnectionManager,
     stream_key: String,
     group: String,
@@ -53,6 +56,10 @@ pub async fn run(
     loop {
         if let Err(e) = tick(&mut con, &stream_key, &group).await {
             tracing::debug!(error = %e, "housekeeping failed");
+        }
+        if let Err(e) = crate::completion::sweep(&store).await {
+            metrics::counter!("rowpipe_db_errors_total").increment(1);
+            tracing::warn!(error = %e, "could not sweep the open uploads");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {},

@@ -85,6 +85,7 @@ impl Application {
             workers.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(
+            self.store.clone(),
             self.redis.clone(),
             self.config.stream.stream.clone(),
             self.config.stream.group.clone(),

@@ -2,7 +2,7 @@
 //! transaction, acknowledge it.
 //!
 //! Delivery is at-least-once (`XACK` only after the commit) and the effect is
-//! exactly-once (the store skips rows it already recorded). Failures are
+//! exactly-once (the store passes over rows it already recorded). Failures are
 //! sorted into three kinds:
 //!
 //! * the database is unreachable or a transaction lost a deadlock: retry the
@@ -169,7 +169,15 @@ impl Worker {
     /// process it. `Ok(None)` when nothing arrived.
     pub async fn run_once(&mut self, shutdown: &Shutdown) -> anyhow::Result<Option<BatchReport>> {
         if self.reclaim_turns.take() {
-            let claimed = self.reclaim().await?;
+            let claimed = match self.reclaim().await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // The turn did nothing: the next worker (after the run
+                    // loop's backoff) tries again instead of a whole interval later.
+                    self.reclaim_turns.again();
+                    return Err(e.into());
+                }
+            };
             if claimed.len() >= self.config.batch_size {
                 self.reclaim_turns.again();
             }
@@ -491,12 +499,9 @@ impl Worker {
         match self.apply_with_retry(&rows, shutdown).await {
             Ok(Some(outcome)) => {
                 report.replayed += outcome.replayed;
-                if self.after_commit(&outcome, report).await {
-                    self.ack(&ids).await?;
-                    report.acknowledged += ids.len();
-                } else {
-                    report.left_pending += ids.len();
-                }
+                self.after_commit(&outcome, report).await;
+                self.ack(&ids).await?;
+                report.acknowledged += ids.len();
                 Ok(())
             }
             Ok(None) => {
@@ -509,12 +514,9 @@ impl Worker {
                 for (id, row) in ids.into_iter().zip(rows) {
                     match self.store.apply_batch(std::slice::from_ref(&row)).await {
                         Ok(outcome) => {
-                            if self.after_commit(&outcome, report).await {
-                                self.ack(std::slice::from_ref(&id)).await?;
-                                report.acknowledged += 1;
-                            } else {
-                                report.left_pending += 1;
-                            }
+                            self.after_commit(&outcome, report).await;
+                            self.ack(std::slice::from_ref(&id)).await?;
+                            report.acknowledged += 1;
                         }
                         Err(e) => {
                             metrics::counter!("rowpipe_db_errors_total").increment(1);
@@ -599,18 +601,16 @@ impl Worker {
     }
 
     /// Metrics for a committed batch, and the completion check of every
-    /// upload it touched. That check runs before the `XACK`: an entry is
-    /// acknowledged only once its upload's completion has been checked, so
-    /// a consumer that dies in between leaves the entries pending and their
-    /// redelivery (stored already, so only replayed) checks again. Returns
-    /// false if a check could not run; the caller then leaves the entries
-    /// pending for the same reason.
+    /// upload it held. The check runs before the `XACK`, so that a consumer
+    /// dying in between leaves the entries pending and their redelivery
+    /// (stored already, so only replayed) checks again. A check that fails
+    /// is left to the sweep (see [`crate::completion`]); the entries are
+    /// stored and are acknowledged all the same.
     async fn after_commit(
         &mut self,
         outcome: &rowpipe_core::store::BatchOutcome,
         report: &mut BatchReport,
-    ) -> bool {
-        let mut checked = true;
+    ) {
         let span = tracing::Span::current();
         span.record("rowpipe.rows_accepted", outcome.accepted);
         span.record("rowpipe.rows_rejected", outcome.rejected);
@@ -624,35 +624,15 @@ impl Worker {
                 .increment(*n);
         }
         for upload in &outcome.uploads {
-            match self.store.try_complete(upload).await {
-                Ok(true) => {
-                    report.completed_uploads.push(upload.clone());
-                    if let Ok(Some(rec)) = self.store.get_upload(upload).await {
-                        metrics::counter!("rowpipe_consumer_rows_inserted_total")
-                            .increment(rec.counts.inserted as u64);
-                        metrics::counter!("rowpipe_consumer_rows_duplicate_total")
-                            .increment(rec.counts.duplicates as u64);
-                        metrics::counter!("rowpipe_uploads_total", "status" => "completed")
-                            .increment(1);
-                        tracing::info!(
-                            upload_id = %upload,
-                            read = rec.counts.read,
-                            inserted = rec.counts.inserted,
-                            duplicates = rec.counts.duplicates,
-                            rejected = rec.counts.rejected,
-                            "upload completed"
-                        );
-                    }
-                }
+            match crate::completion::check(&self.store, upload).await {
+                Ok(true) => report.completed_uploads.push(upload.clone()),
                 Ok(false) => {}
                 Err(e) => {
-                    checked = false;
                     metrics::counter!("rowpipe_db_errors_total").increment(1);
-                    tracing::warn!(upload_id = %upload, error = %e, "could not check upload completion; the batch stays pending and is checked again on redelivery")
+                    tracing::warn!(upload_id = %upload, error = %e, "could not check upload completion; the sweep will")
                 }
             }
         }
-        checked
     }
 
     async fn ack(&mut self, ids: &[String]) -> anyhow::Result<()> {
@@ -713,12 +693,7 @@ impl Worker {
             .store
             .apply_batch(std::slice::from_ref(&failed))
             .await?;
-        if !self.after_commit(&outcome, report).await {
-            // Redelivered, the entry finds its reject already stored and
-            // checks completion again before it is dead-lettered.
-            report.left_pending += 1;
-            return Ok(());
-        }
+        self.after_commit(&outcome, report).await;
         let mut dl = vec![
             ("source_id".to_string(), id.to_string()),
             ("error".to_string(), error.to_string()),

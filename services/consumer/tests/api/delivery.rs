@@ -519,16 +519,19 @@ async fn a_slow_batch_is_not_taken_over_by_another_consumer(backend: Backend) {
 
 rowpipe_testkit::on_databases!(a_slow_batch_is_not_taken_over_by_another_consumer: Postgres, MySql);
 
-async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes_the_upload(
-    backend: Backend,
-) {
-    let app = spawn_app(backend).await;
-    let file = generate_contacts(400, 20, 2, 41);
-    let expected = Generated::oracle(&[&file]);
-    let id = app.upload_ok(file.csv.clone()).await;
+/// What the consumer that stores an upload's last batch had done when it died.
+#[derive(Clone, Copy, PartialEq)]
+enum DiedAfter {
+    /// Committed; neither the completion check nor the `XACK` ran.
+    Commit,
+    /// Committed and acknowledged, but never checked completion (the check
+    /// failed, or a consumer built before the check came first).
+    Acknowledgement,
+}
 
-    // A consumer reads every entry, commits them as one batch and dies
-    // before it checks completion or acknowledges anything.
+/// Read every entry of the stream as a consumer, store them as one batch,
+/// optionally acknowledge them, and "die": no completion check.
+async fn store_as_a_consumer_that_dies(app: &TestApp, id: &str, died: DiedAfter) {
     let mut con = app.redis.clone();
     let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -544,14 +547,13 @@ async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes
         .expect("XREADGROUP");
     let seq = app
         .store
-        .upload_seq(&id)
+        .upload_seq(id)
         .await
         .expect("upload seq")
         .expect("the upload is recorded");
-    let rows: Vec<_> = read
-        .keys
+    let entries: Vec<_> = read.keys.iter().flat_map(|k| &k.ids).collect();
+    let rows: Vec<_> = entries
         .iter()
-        .flat_map(|k| &k.ids)
         .map(|e| {
             let entry = StreamEntry::from_map(&e.map).expect("an entry the upload wrote");
             judge(
@@ -561,16 +563,38 @@ async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes
             )
         })
         .collect();
-    assert_eq!(rows.len(), 400, "the dead consumer read the whole file");
     app.store
         .apply_batch(&rows)
         .await
         .expect("the batch commits");
+    if died == DiedAfter::Acknowledgement {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let acked: u64 = redis::cmd("XACK")
+            .arg(&app.stream)
+            .arg(&app.group)
+            .arg(&ids)
+            .query_async(&mut con)
+            .await
+            .expect("XACK");
+        assert_eq!(acked as usize, ids.len());
+    }
+}
+
+async fn an_upload_whose_last_batch_was_never_checked_is_completed(
+    backend: Backend,
+    died: DiedAfter,
+) {
+    let app = spawn_app(backend).await;
+    let file = generate_contacts(400, 20, 2, 41);
+    let expected = Generated::oracle(&[&file]);
+    let id = app.upload_ok(file.csv.clone()).await;
+    store_as_a_consumer_that_dies(&app, &id, died).await;
     let before = app.status(&id).await;
     assert_eq!(before["counts"]["processed"], 400, "{before}");
     assert_ne!(before["status"], "completed", "{before}");
 
-    // A live consumer takes the entries over; they are all stored already.
+    // A live consumer: it takes the unacknowledged entries over (stored
+    // already, so only replayed), or finds the upload done in its sweep.
     let env = [("ROWPIPE_CLAIM_IDLE_MS", "500")];
     let mut procs = vec![app.spawn_consumer(CONSUMER_BIN, &env)];
     let status = app.wait_completed(&id, Duration::from_secs(60)).await;
@@ -590,4 +614,19 @@ async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes
     app.cleanup_with(&mut procs).await;
 }
 
+async fn a_consumer_that_dies_between_commit_and_acknowledgement_still_completes_the_upload(
+    backend: Backend,
+) {
+    an_upload_whose_last_batch_was_never_checked_is_completed(backend, DiedAfter::Commit).await;
+}
+
 rowpipe_testkit::on_databases!(a_consumer_that_dies_between_commit_and_acknowledgement_still_completes_the_upload: Sqlite, Postgres, MySql);
+
+async fn an_acknowledged_batch_whose_completion_check_never_ran_is_completed_by_the_sweep(
+    backend: Backend,
+) {
+    an_upload_whose_last_batch_was_never_checked_is_completed(backend, DiedAfter::Acknowledgement)
+        .await;
+}
+
+rowpipe_testkit::on_databases!(an_acknowledged_batch_whose_completion_check_never_ran_is_completed_by_the_sweep: Sqlite, Postgres, MySql);
