@@ -99,7 +99,8 @@ impl Config {
     }
 
     /// How often a process looks for entries to take over: twice per
-    /// `claim_idle`, so an abandoned entry waits at most 1.5 × `claim_idle`.
+    /// `claim_idle` (at least every 500 ms), so an abandoned entry waits
+    /// about 1.5 × `claim_idle` once a worker is free to look.
     pub fn reclaim_interval(&self) -> Duration {
         (self.claim_idle() / 2).max(Duration::from_millis(500))
     }

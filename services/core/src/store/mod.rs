@@ -189,6 +189,7 @@ impl Store {
         // kilobytes per slow batch. Batch timings are in the metrics and the
         // traces, so the statement text is kept for debug logs.
         let options = AnyConnectOptions::from_str(&url)?
+            .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = AnyPoolOptions::new()
             .max_connections(config.db_max_connections.max(1))
