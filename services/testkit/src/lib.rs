@@ -527,6 +527,19 @@ pub fn generate_contacts(
     }
 }
 
+/// Assert that an upload's status accounts for each of its `rows` exactly
+/// once: `inserted + duplicates + rejected = rows`.
+#[track_caller]
+pub fn assert_every_row_counted_once(status: &Value, rows: i64) {
+    let c = &status["counts"];
+    let n = |k: &str| c[k].as_i64().unwrap_or(0);
+    assert_eq!(
+        n("inserted") + n("duplicates") + n("rejected"),
+        rows,
+        "every row counted once (inserted + duplicates + rejected): {status}"
+    );
+}
+
 /// Wait until `check` returns true (or fail after `timeout`).
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

@@ -9,8 +9,8 @@ use rowpipe_consumer::judge::judge;
 use rowpipe_core::stream::StreamEntry;
 use rowpipe_core::validate::EmailPolicy;
 use rowpipe_testkit::{
-    Backend, Generated, TestApp, ToggleProxy, acknowledged, eventually, generate_contacts,
-    spawn_app, via_port,
+    Backend, Generated, TestApp, ToggleProxy, acknowledged, assert_every_row_counted_once,
+    eventually, generate_contacts, spawn_app, via_port,
 };
 
 use crate::CONSUMER_BIN;
@@ -174,13 +174,7 @@ async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
     let status = app.wait_completed(&id, Duration::from_secs(600)).await;
     let c = &status["counts"];
     assert_eq!(c["read"], 100_000);
-    assert_eq!(
-        c["inserted"].as_i64().unwrap_or(0)
-            + c["duplicates"].as_i64().unwrap_or(0)
-            + c["rejected"].as_i64().unwrap_or(0),
-        100_000,
-        "every row accounted for exactly once: {status}"
-    );
+    assert_every_row_counted_once(&status, 100_000);
     assert_eq!(c["rejected"].as_u64(), Some(file.invalid as u64));
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     eventually(Duration::from_secs(30), "nothing pending", || async {
@@ -598,14 +592,7 @@ async fn an_upload_whose_last_batch_was_never_checked_is_completed(
     let env = [("ROWPIPE_CLAIM_IDLE_MS", "500")];
     let mut procs = vec![app.spawn_consumer(CONSUMER_BIN, &env)];
     let status = app.wait_completed(&id, Duration::from_secs(60)).await;
-    let c = &status["counts"];
-    assert_eq!(
-        c["inserted"].as_i64().unwrap_or(0)
-            + c["duplicates"].as_i64().unwrap_or(0)
-            + c["rejected"].as_i64().unwrap_or(0),
-        400,
-        "every row counted once: {status}"
-    );
+    assert_every_row_counted_once(&status, 400);
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     eventually(Duration::from_secs(30), "nothing pending", || async {
         app.pending().await == 0

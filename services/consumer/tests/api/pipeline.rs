@@ -30,13 +30,7 @@ async fn three_consumer_processes_store_each_email_once(backend: Backend) {
         Some(file.distinct.len() as u64)
     );
     assert_eq!(counts["rejected"].as_u64(), Some(file.invalid as u64));
-    assert_eq!(
-        counts["inserted"].as_i64().unwrap_or(0)
-            + counts["duplicates"].as_i64().unwrap_or(0)
-            + counts["rejected"].as_i64().unwrap_or(0),
-        20_000,
-        "read = inserted + duplicates + rejected: {status}"
-    );
+    rowpipe_testkit::assert_every_row_counted_once(&status, 20_000);
     assert_eq!(app.pending().await, 0, "nothing left pending");
     app.cleanup_with(&mut consumers).await;
 }
