@@ -9,7 +9,8 @@
 #
 # Dependency caching works without cargo-chef: the `skeleton` stage reduces the
 # build context to the manifests (Cargo.toml, Cargo.lock, build scripts) plus
-# empty stub crate roots. Its output only changes when a manifest changes, so
+# empty stub crate roots (patched third-party crates in services/vendor are
+# dependencies and go in whole). Its output only changes when a manifest changes, so
 # the `COPY --from=skeleton` layer and the dependency build after it stay cached
 # while only .rs sources change. BuildKit cache mounts additionally keep the
 # cargo registry between builds.
@@ -26,14 +27,16 @@ RUN mkdir -p /skel \
  && cp Cargo.toml Cargo.lock /skel/ \
  && if [ -d .cargo ]; then cp -r .cargo /skel/.cargo; fi \
  && if [ -f rust-toolchain.toml ]; then cp rust-toolchain.toml /skel/; fi \
- && find . -name Cargo.toml -not -path './target/*' -not -path './Cargo.toml' -print0 \
+ && mkdir -p /skel/services && cp -r services/vendor /skel/services/vendor \
+ && find . -name Cargo.toml -not -path './target/*' -not -path './Cargo.toml' \
+      -not -path './services/vendor/*' -print0 \
     | while IFS= read -r -d '' manifest; do \
         dir="$(dirname "$manifest")"; \
         mkdir -p "/skel/$dir"; \
         cp "$manifest" "/skel/$manifest"; \
         if [ -f "$dir/build.rs" ]; then cp "$dir/build.rs" "/skel/$dir/build.rs"; fi; \
       done \
- && find . -not -path './target/*' -name '*.rs' \
+ && find . -not -path './target/*' -not -path './services/vendor/*' -name '*.rs' \
       \( -path '*/src/lib.rs' -o -path '*/src/main.rs' -o -path '*/src/bin/*' \
          -o -path '*/tests/*' -o -path '*/benches/*' -o -path '*/examples/*' \) -print0 \
     | while IFS= read -r -d '' src; do \
@@ -60,7 +63,7 @@ COPY . .
 # real sources so cargo rebuilds the workspace crates (dependencies stay built).
 RUN --mount=type=cache,id=rowpipe-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=rowpipe-cargo-git,target=/usr/local/cargo/git,sharing=locked \
-    find services -name '*.rs' -exec touch {} + \
+    find services -path services/vendor -prune -o -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
  && install -m 0755 target/release/rowpipe-upload target/release/rowpipe-consumer target/release/rowpipe /out/
