@@ -12,14 +12,14 @@ pub mod reader;
 
 use std::time::Duration;
 
-use redis::AsyncTypedCommands;
+use redis::{AsyncTypedCommands, IntoConnectionInfo};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use entry::{EntryBody, EntryError, StreamEntry};
 
 /// Shared connection for non-blocking commands (XADD, XACK, XINFO…).
 pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -28,10 +28,19 @@ pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
     client.get_connection_manager_with_config(config).await
 }
 
+/// A client whose TCP connections send at once (`TCP_NODELAY`). redis-rs
+/// leaves Nagle's algorithm on by default, and a pipeline of 500 `XADD`s is
+/// bigger than a TCP segment: its tail would wait for Redis's delayed ACK.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
+}
+
 /// A dedicated connection for `XREADGROUP BLOCK block`: its response timeout
 /// is longer than the block, so a quiet stream is not mistaken for an outage.
 pub async fn connect_blocking(url: &str, block: Duration) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(block + Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)))
