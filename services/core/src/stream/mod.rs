@@ -12,8 +12,8 @@ pub mod reader;
 
 use std::time::Duration;
 
-use redis::{AsyncTypedCommands, IntoConnectionInfo};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncTypedCommands, IntoConnectionInfo};
 
 pub use entry::{EntryBody, EntryError, StreamEntry};
 
