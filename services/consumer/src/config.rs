@@ -35,7 +35,10 @@ pub struct Config {
 
     /// Worker tasks in this process; each is a group member with its own
     /// blocking connection, so this many batches can be in flight at once.
-    #[arg(long, env = "ROWPIPE_WORKERS", default_value_t = 4)]
+    /// Two keep the database busy while a batch is read or judged; more only
+    /// add transactions that wait on each other (measured in
+    /// docs/performance.md). Scale out with processes instead.
+    #[arg(long, env = "ROWPIPE_WORKERS", default_value_t = 2)]
     pub workers: usize,
 
     /// Entries pending this long on another (presumably dead) consumer are
