@@ -1,25 +1,41 @@
 //! Whose turn it is to take over entries that dead consumers left pending.
 //!
-//! `XAUTOCLAIM` scans the group's pending list from its start, up to ten
-//! times COUNT entries per call (about 9 ms on the benchmark's busy stream),
-//! and Redis runs nothing else meanwhile. When every worker of a process
-//! called it on its own timer, each process paid that once per worker per
-//! interval and found nothing the first call had not already taken. The
-//! workers of a process now share one [`ReclaimTurns`]: the first worker to
-//! find the interval over takes the turn. A turn that comes back with a full
-//! batch hands the next turn out at once, so a dead process's whole backlog
-//! is taken over as fast as the workers can store it, not one batch per
-//! interval.
+//! `XAUTOCLAIM` scans the group's pending list, up to ten times COUNT
+//! entries per call (about 9 ms on the benchmark's busy stream), and Redis
+//! runs nothing else meanwhile. When every worker of a process called it on
+//! its own timer, each process paid that once per worker per interval and
+//! found nothing the first call had not already taken. The workers of a
+//! process now share one [`ReclaimTurns`]: the first worker to find the
+//! interval over takes the turn.
+//!
+//! The turns also keep the scan's cursor. A call that stops before the end
+//! of the pending list (it returns where to go on) or that claims a full
+//! batch hands the next turn out at once, starting where it stopped; so a
+//! dead process's whole backlog, and entries behind a long run of live ones,
+//! are taken over as fast as the workers can store them, not one batch per
+//! interval. Once a scan reaches the end, the next one starts from the
+//! beginning, an interval later.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// The `XAUTOCLAIM` start that means "from the beginning" (and, in a reply,
+/// "the scan reached the end").
+pub const SCAN_START: &str = "0-0";
 
 /// One process's schedule of `XAUTOCLAIM` calls, shared by its workers.
 #[derive(Debug)]
 pub struct ReclaimTurns {
     interval: Duration,
+    state: Mutex<TurnState>,
+}
+
+#[derive(Debug)]
+struct TurnState {
     /// When the last turn was taken; `None` once a turn is due at once.
-    last: Mutex<Option<Instant>>,
+    last: Option<Instant>,
+    /// Where the next turn's scan starts.
+    cursor: String,
 }
 
 impl ReclaimTurns {
@@ -28,24 +44,44 @@ impl ReclaimTurns {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            last: Mutex::new(Some(Instant::now())),
+            state: Mutex::new(TurnState {
+                last: Some(Instant::now()),
+                cursor: SCAN_START.to_string(),
+            }),
         }
     }
 
-    /// True for exactly one caller per interval (or once after [`Self::again`]).
-    pub fn take(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = last.is_none_or(|t| t.elapsed() >= self.interval);
-        if due {
-            *last = Some(Instant::now());
+    /// The start id for this caller's `XAUTOCLAIM` if it is its turn: one
+    /// caller per interval, or the next caller after [`Self::finish`] or
+    /// [`Self::again`] made a turn due.
+    pub fn take(&self) -> Option<String> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = state.last.is_none_or(|t| t.elapsed() >= self.interval);
+        if !due {
+            return None;
         }
-        due
+        state.last = Some(Instant::now());
+        Some(state.cursor.clone())
     }
 
-    /// The turn found a full batch: more is probably waiting, so the next
-    /// caller of [`Self::take`] gets a turn without waiting for the interval.
+    /// A turn's `XAUTOCLAIM` returned: `next` is the reply's cursor, `full`
+    /// whether it claimed as many entries as it asked for. Either way more
+    /// may be waiting, and the next turn is due at once.
+    pub fn finish(&self, next: &str, full: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.cursor = next.to_string();
+        if full || next != SCAN_START {
+            state.last = None;
+        }
+    }
+
+    /// The turn failed: the next caller gets a turn without waiting for the
+    /// interval, from the same start.
     pub fn again(&self) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last = None;
     }
 }
 
@@ -54,37 +90,64 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// An interval no test run reaches: only `finish` and `again` make a
+    /// turn due, so a slow machine cannot hand out a second one.
+    fn hour() -> ReclaimTurns {
+        ReclaimTurns::new(Duration::from_secs(3600))
+    }
+
     #[test]
     fn one_worker_per_interval_gets_the_turn() {
-        // An interval no test run reaches: only `again` makes a turn due, so
-        // a slow machine cannot hand out a second one.
-        let turns = Arc::new(ReclaimTurns::new(Duration::from_secs(3600)));
-        assert!(!turns.take(), "nothing is due at start-up");
+        let turns = Arc::new(hour());
+        assert_eq!(turns.take(), None, "nothing is due at start-up");
         turns.again();
         let winners: usize = (0..4)
             .map(|_| {
                 let t = turns.clone();
-                std::thread::spawn(move || t.take())
+                std::thread::spawn(move || t.take().is_some())
             })
             .map(|h| h.join().unwrap_or(false) as usize)
             .sum();
         assert_eq!(winners, 1, "four workers, one turn");
-        assert!(!turns.take(), "the next turn waits for the interval");
+        assert_eq!(turns.take(), None, "the next turn waits for the interval");
     }
 
     #[test]
     fn a_turn_is_due_again_once_the_interval_is_over() {
         let turns = ReclaimTurns::new(Duration::ZERO);
-        assert!(turns.take());
-        assert!(turns.take(), "a zero interval is always over");
+        assert_eq!(turns.take().as_deref(), Some(SCAN_START));
+        assert_eq!(turns.take().as_deref(), Some(SCAN_START));
     }
 
     #[test]
     fn a_full_batch_hands_out_the_next_turn_at_once() {
-        let turns = ReclaimTurns::new(Duration::from_secs(3600));
-        assert!(!turns.take());
+        let turns = hour();
         turns.again();
-        assert!(turns.take(), "due at once after a full batch");
-        assert!(!turns.take(), "and only once");
+        assert!(turns.take().is_some());
+        turns.finish(SCAN_START, true);
+        assert_eq!(turns.take().as_deref(), Some(SCAN_START));
+        assert_eq!(turns.take(), None, "and only once");
+    }
+
+    #[test]
+    fn an_unfinished_scan_goes_on_where_it_stopped() {
+        let turns = hour();
+        turns.again();
+        assert_eq!(turns.take().as_deref(), Some(SCAN_START));
+        turns.finish("1700000000000-5", false);
+        assert_eq!(turns.take().as_deref(), Some("1700000000000-5"));
+        turns.finish(SCAN_START, false);
+        assert_eq!(turns.take(), None, "the scan reached the end: wait");
+    }
+
+    #[test]
+    fn a_failed_turn_is_taken_again_from_the_same_start() {
+        let turns = hour();
+        turns.again();
+        assert!(turns.take().is_some());
+        turns.finish("1700000000000-5", false);
+        assert_eq!(turns.take().as_deref(), Some("1700000000000-5"));
+        turns.again();
+        assert_eq!(turns.take().as_deref(), Some("1700000000000-5"));
     }
 }

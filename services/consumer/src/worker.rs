@@ -168,8 +168,8 @@ impl Worker {
     /// Read one batch (waiting up to about a second for its first entry) and
     /// process it. `Ok(None)` when nothing arrived.
     pub async fn run_once(&mut self, shutdown: &Shutdown) -> anyhow::Result<Option<BatchReport>> {
-        if self.reclaim_turns.take() {
-            let claimed = match self.reclaim().await {
+        if let Some(start) = self.reclaim_turns.take() {
+            let claimed = match self.reclaim(&start).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     // The turn did nothing: the next worker (after the run
@@ -178,9 +178,6 @@ impl Worker {
                     return Err(e.into());
                 }
             };
-            if claimed.len() >= self.config.batch_size {
-                self.reclaim_turns.again();
-            }
             if !claimed.is_empty() {
                 return Ok(Some(self.process(claimed, shutdown, true).await?));
             }
@@ -248,7 +245,8 @@ impl Worker {
 
     /// Claim entries left pending by consumers that died; entries delivered
     /// too often go straight to the dead-letter stream.
-    async fn reclaim(&mut self) -> redis::RedisResult<Vec<Delivered>> {
+    /// One turn's scan from `start` (see [`crate::reclaim`]).
+    async fn reclaim(&mut self, start: &str) -> redis::RedisResult<Vec<Delivered>> {
         let opts = StreamAutoClaimOptions::default().count(self.config.batch_size);
         let reply = self
             .redis
@@ -257,10 +255,14 @@ impl Worker {
                 &self.config.stream.group,
                 &self.name,
                 self.config.claim_idle().as_millis() as u64,
-                "0-0",
+                start,
                 opts,
             )
             .await?;
+        self.reclaim_turns.finish(
+            &reply.next_stream_id,
+            reply.claimed.len() >= self.config.batch_size,
+        );
         if reply.claimed.is_empty() {
             return Ok(Vec::new());
         }
