@@ -243,9 +243,9 @@ impl Worker {
         Ok(ids.into_iter().map(Delivered::from_raw).collect())
     }
 
-    /// Claim entries left pending by consumers that died; entries delivered
-    /// too often go straight to the dead-letter stream.
-    /// One turn's scan from `start` (see [`crate::reclaim`]).
+    /// One turn's scan, from `start`, for entries left pending by consumers
+    /// that died (see [`crate::reclaim`]); entries delivered too often go
+    /// straight to the dead-letter stream.
     async fn reclaim(&mut self, start: &str) -> redis::RedisResult<Vec<Delivered>> {
         let opts = StreamAutoClaimOptions::default().count(self.config.batch_size);
         let reply = self
