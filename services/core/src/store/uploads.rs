@@ -389,8 +389,14 @@ impl Store {
         .await?;
         let mut completed = Vec::new();
         for id in open {
-            if self.try_complete(&id).await? {
-                completed.push(id);
+            // One upload that cannot be checked does not hold up the others;
+            // the next sweep tries it again.
+            match self.try_complete(&id).await {
+                Ok(true) => completed.push(id),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(upload_id = %id, error = %e, "could not check upload completion")
+                }
             }
         }
         Ok(completed)
