@@ -329,23 +329,26 @@ impl Store {
             })
             .collect();
         if dialect == Dialect::Postgres {
-            let mut packed = PackedColumns::new(8);
+            // `created_at_ms` is the same for the whole batch: one parameter,
+            // not a packed column with the same value in every row.
+            let mut packed = PackedColumns::new(7);
             for row in &rows {
-                packed.push_row(row);
+                packed.push_row(&row[..7]);
             }
             if let Some(columns) = packed.finish() {
                 // Only the emails that were not inserted come back (a few per
                 // cent), not every inserted one.
                 let sql = format!(
-                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n, c)), \
-                     ins AS (INSERT INTO contacts ({cols}) SELECT * FROM src \
+                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n)), \
+                     ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $8 FROM src \
                      ON CONFLICT (email) DO NOTHING RETURNING email) \
                      SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)",
                     PackedColumns::unnest(&[
-                        "text", "text", "text", "text", "text", "bigint", "bigint", "bigint"
+                        "text", "text", "text", "text", "text", "bigint", "bigint"
                     ]),
                 );
                 let returned = PackedColumns::query(sql, columns)
+                    .bind(now)
                     .fetch_all(&mut **tx)
                     .await?;
                 for row in returned {
