@@ -9,39 +9,42 @@
 //! the open uploads now and then ([`sweep`]). The store's conditional update
 //! makes exactly one of all these callers the one that completes an upload.
 
-use rowpipe_core::store::{Store, StoreError, UploadCounts};
+use rowpipe_core::store::{Store, StoreError};
 
 /// Check one upload; true if this call completed it (and said so).
 pub async fn check(store: &Store, upload: &str) -> Result<bool, StoreError> {
-    let Some(counts) = store.try_complete(upload).await? else {
+    if !store.try_complete(upload).await? {
         return Ok(false);
-    };
-    announce(upload, &counts);
+    }
+    announce(store, upload).await;
     Ok(true)
 }
 
 /// Complete every open upload whose rows are all processed.
 pub async fn sweep(store: &Store) -> Result<Vec<String>, StoreError> {
     let completed = store.complete_finished_uploads().await?;
-    for (upload, counts) in &completed {
+    for upload in &completed {
         tracing::info!(upload_id = %upload, "upload completed by the sweep (its last batch's own check did not run)");
-        announce(upload, counts);
+        announce(store, upload).await;
     }
-    Ok(completed.into_iter().map(|(upload, _)| upload).collect())
+    Ok(completed)
 }
 
-/// The completion's metrics and log line, once per upload, from the counts
-/// it was completed with.
-fn announce(upload: &str, counts: &UploadCounts) {
+/// The completion's metrics and log line, once per upload.
+async fn announce(store: &Store, upload: &str) {
     metrics::counter!("rowpipe_uploads_total", "status" => "completed").increment(1);
-    metrics::counter!("rowpipe_consumer_rows_inserted_total").increment(counts.inserted as u64);
-    metrics::counter!("rowpipe_consumer_rows_duplicate_total").increment(counts.duplicates as u64);
-    tracing::info!(
-        upload_id = %upload,
-        read = counts.read,
-        inserted = counts.inserted,
-        duplicates = counts.duplicates,
-        rejected = counts.rejected,
-        "upload completed"
-    );
+    if let Ok(Some(rec)) = store.get_upload(upload).await {
+        metrics::counter!("rowpipe_consumer_rows_inserted_total")
+            .increment(rec.counts.inserted as u64);
+        metrics::counter!("rowpipe_consumer_rows_duplicate_total")
+            .increment(rec.counts.duplicates as u64);
+        tracing::info!(
+            upload_id = %upload,
+            read = rec.counts.read,
+            inserted = rec.counts.inserted,
+            duplicates = rec.counts.duplicates,
+            rejected = rec.counts.rejected,
+            "upload completed"
+        );
+    }
 }

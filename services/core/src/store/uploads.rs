@@ -296,24 +296,23 @@ impl Store {
 
     /// Mark the upload `completed` if every enqueued row has been processed.
     /// Called by the upload service and by every consumer after a commit;
-    /// the conditional update makes exactly one caller win. Returns the
-    /// final counts to that caller (without the per-reason breakdown), and
-    /// `None` to every other.
-    pub async fn try_complete(&self, id: &str) -> Result<Option<UploadCounts>, StoreError> {
+    /// the conditional update makes exactly one caller win. Returns true for
+    /// that caller.
+    pub async fn try_complete(&self, id: &str) -> Result<bool, StoreError> {
         // Every batch calls this and only the last one finds the upload
         // done: the others stop at this one read and take no lock. Once
         // every enqueued row is processed the counts no longer change
         // (redeliveries are not counted), so the values read here are final.
         let Some(upload) = self.upload_record(id).await? else {
-            return Ok(None);
+            return Ok(false);
         };
-        let c = upload.counts;
+        let c = &upload.counts;
         let open = matches!(
             upload.status,
             UploadStatus::Queued | UploadStatus::Processing
         );
         if !open || c.processed < c.enqueued {
-            return Ok(None);
+            return Ok(false);
         }
         let now = now_ms();
         let claimed = sqlx::query(self.q(
@@ -329,7 +328,7 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok((claimed > 0).then_some(c))
+        Ok(claimed > 0)
     }
 
     /// An upload's row with its live counts (no per-reason breakdown).
@@ -379,12 +378,10 @@ impl Store {
     }
 
     /// Complete every open upload whose rows are all processed; returns the
-    /// ids it completed with their final counts. The safety net behind the check after each batch:
+    /// ids it completed. The safety net behind the check after each batch:
     /// the process that stored an upload's last row may have died before
     /// its check, or the check may have failed.
-    pub async fn complete_finished_uploads(
-        &self,
-    ) -> Result<Vec<(String, UploadCounts)>, StoreError> {
+    pub async fn complete_finished_uploads(&self) -> Result<Vec<String>, StoreError> {
         let open: Vec<String> = sqlx::query_scalar(
             self.q("SELECT id FROM uploads WHERE status IN ('queued', 'processing') ORDER BY seq"),
         )
@@ -395,8 +392,8 @@ impl Store {
             // One upload that cannot be checked does not hold up the others;
             // the next sweep tries it again.
             match self.try_complete(&id).await {
-                Ok(Some(counts)) => completed.push((id, counts)),
-                Ok(None) => {}
+                Ok(true) => completed.push(id),
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(upload_id = %id, error = %e, "could not check upload completion")
                 }
