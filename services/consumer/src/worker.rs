@@ -673,6 +673,11 @@ impl Worker {
         error: &str,
         report: &mut BatchReport,
     ) -> anyhow::Result<()> {
+        // An entry delivered too often may have been stored by an earlier
+        // delivery whose consumer died before `XACK`: it is done, not failed.
+        if self.store.holds_row(&row).await? {
+            return self.ack_stored(id, report).await;
+        }
         let fields = match &row.verdict {
             RowVerdict::Reject { fields, .. } => fields.clone(),
             RowVerdict::Accept {
@@ -696,6 +701,10 @@ impl Worker {
             .apply_batch(std::slice::from_ref(&failed))
             .await?;
         self.after_commit(&outcome, report).await;
+        if outcome.replayed > 0 {
+            // Already in a ledger (a duplicate, a reject): stored before.
+            return self.ack_stored(id, report).await;
+        }
         let mut dl = vec![
             ("source_id".to_string(), id.to_string()),
             ("error".to_string(), error.to_string()),
@@ -713,6 +722,15 @@ impl Worker {
         metrics::counter!("rowpipe_consumer_dead_lettered_total").increment(1);
         tracing::error!(entry = %id, upload_id = %failed.upload_id, row_number = failed.row_number, error, "entry dead-lettered");
         report.dead_lettered += 1;
+        report.acknowledged += 1;
+        Ok(())
+    }
+
+    /// Acknowledge an entry that an earlier delivery stored.
+    async fn ack_stored(&mut self, id: &str, report: &mut BatchReport) -> anyhow::Result<()> {
+        self.ack(&[id.to_string()]).await?;
+        tracing::info!(entry = %id, "entry delivered too often was stored by an earlier delivery; acknowledged");
+        report.replayed += 1;
         report.acknowledged += 1;
         Ok(())
     }

@@ -241,6 +241,8 @@ async fn one_row_can_be_followed_from_upload_to_insert_and_metrics_match_the_cou
             .expect("text");
         consumer_metrics.push(parse_exposition(&text));
     }
+    // A row counted twice would also let the upload complete early.
+    rowpipe_testkit::assert_every_row_counted_once(&status, 3_000);
     let c = &status["counts"];
     assert_eq!(
         upload_metrics

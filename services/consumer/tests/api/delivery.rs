@@ -617,3 +617,72 @@ async fn an_acknowledged_batch_whose_completion_check_never_ran_is_completed_by_
 }
 
 rowpipe_testkit::on_databases!(an_acknowledged_batch_whose_completion_check_never_ran_is_completed_by_the_sweep: Sqlite, Postgres, MySql);
+
+async fn an_entry_stored_but_never_acknowledged_is_not_failed_when_delivered_too_often(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let file = generate_contacts(400, 20, 2, 43);
+    let expected = Generated::oracle(&[&file]);
+    let id = app.upload_ok(file.csv.clone()).await;
+    store_as_a_consumer_that_dies(&app, &id, DiedAfter::Commit).await;
+    // As if its consumers had died before `XACK` ten times over.
+    let mut con = app.redis.clone();
+    let pending: Vec<String> = redis::cmd("XRANGE")
+        .arg(&app.stream)
+        .arg("-")
+        .arg("+")
+        .query_async::<redis::streams::StreamRangeReply>(&mut con)
+        .await
+        .expect("XRANGE")
+        .ids
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let claimed: Vec<String> = redis::cmd("XCLAIM")
+        .arg(&app.stream)
+        .arg(&app.group)
+        .arg("died-after-commit")
+        .arg(0)
+        .arg(&pending)
+        .arg("RETRYCOUNT")
+        .arg(10)
+        .arg("JUSTID")
+        .query_async(&mut con)
+        .await
+        .expect("XCLAIM");
+    assert_eq!(claimed.len(), 400);
+
+    let env = [
+        ("ROWPIPE_MAX_DELIVERIES", "3"),
+        ("ROWPIPE_CLAIM_IDLE_MS", "300"),
+    ];
+    let mut procs = vec![app.spawn_consumer(CONSUMER_BIN, &env)];
+    let status = app.wait_completed(&id, Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(30), "nothing pending", || async {
+        app.pending().await == 0
+    })
+    .await;
+    let status_now = app.status(&id).await;
+    assert_eq!(
+        status_now["counts"], status["counts"],
+        "counts moved after completion"
+    );
+    assert_every_row_counted_once(&status_now, 400);
+    assert!(
+        status_now["counts"]["rejected_by_reason"]
+            .get("processing_failed")
+            .is_none(),
+        "stored rows recorded as failed: {status_now}"
+    );
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(format!("{}:dead", app.stream))
+        .query_async(&mut con)
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 0, "stored entries dead-lettered");
+    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    app.cleanup_with(&mut procs).await;
+}
+
+rowpipe_testkit::on_databases!(an_entry_stored_but_never_acknowledged_is_not_failed_when_delivered_too_often: Sqlite, Postgres, MySql);

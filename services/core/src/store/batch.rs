@@ -542,6 +542,26 @@ impl Store {
         }
     }
 
+    /// Is this valid row the stored row for its email? That is the only
+    /// trace a winner leaves outside the ledgers (see the module docs), so a
+    /// caller about to record a row as failed asks first: an entry whose
+    /// earlier delivery committed but was never acknowledged (its consumer
+    /// died before `XACK`, again and again) is stored, not failed.
+    pub async fn holds_row(&self, row: &JudgedRow) -> Result<bool, StoreError> {
+        let RowVerdict::Accept { email, .. } = &row.verdict else {
+            return Ok(false);
+        };
+        let held: Option<i64> = sqlx::query_scalar(self.q(
+            "SELECT upload_seq FROM contacts WHERE email = ? AND upload_id = ? AND \"row_number\" = ?",
+        ))
+        .bind(email.as_str())
+        .bind(row.upload_id.as_str())
+        .bind(row.row_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
+    }
+
     async fn apply_batch_once(&self, rows: &[JudgedRow]) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
         if rows.is_empty() {
