@@ -805,22 +805,6 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        // `queued` becomes `processing` once; for every later batch this is
-        // a read that matches nothing (and takes no lock).
-        // The batch is committed either way: a failure here only delays the
-        // status word, so it is logged, not returned.
-        for upload in per_upload.keys() {
-            let marked = sqlx::query(self.q(
-                "UPDATE uploads SET status = 'processing', updated_at_ms = ? WHERE id = ? AND status = 'queued'",
-            ))
-            .bind(now)
-            .bind(*upload)
-            .execute(&self.pool)
-            .await;
-            if let Err(e) = marked {
-                tracing::warn!(upload_id = %upload, error = %e, "could not mark the upload processing");
-            }
-        }
 
         outcome.accepted = (fresh.len() - rejected.len()) as u64 - replayed_winners.len() as u64;
         outcome.rejected = rejected.len() as u64;

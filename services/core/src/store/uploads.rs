@@ -311,7 +311,22 @@ impl Store {
             upload.status,
             UploadStatus::Queued | UploadStatus::Processing
         );
-        if !open || c.processed < c.enqueued {
+        if !open {
+            return Ok(false);
+        }
+        if c.processed < c.enqueued {
+            // `queued` becomes `processing` with the first batch this check
+            // follows, in this read's stead of a statement in every batch.
+            if upload.status == UploadStatus::Queued && c.processed > 0 {
+                sqlx::query(self.q(
+                    "UPDATE uploads SET status = 'processing', updated_at_ms = ? \
+                     WHERE id = ? AND status = 'queued'",
+                ))
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            }
             return Ok(false);
         }
         let now = now_ms();
