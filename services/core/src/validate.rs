@@ -158,25 +158,14 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
         std::borrow::Cow::Owned(trimmed.nfc().collect())
     };
     let nfc: &str = &nfc;
-    if let Some(c) = nfc.chars().find(|c| c.is_whitespace()) {
-        return reject(
-            WhitespaceInside,
-            format!("the address contains whitespace ({:?})", c),
-        );
-    }
-    if let Some(c) = nfc.chars().find(|c| c.is_control()) {
-        return reject(
-            InvalidSyntax,
-            format!("the address contains a control character ({:?})", c),
-        );
-    }
-    if let Some(c) = nfc.chars().find(|c| matches!(c, '<' | '>' | '(' | ')')) {
-        return reject(
-            InvalidSyntax,
-            format!(
-                "the address contains {c:?}; write the bare address without brackets or comments"
-            ),
-        );
+    // One pass over the bytes clears the common case: printable ASCII with
+    // no whitespace or bracket. Anything else takes the character checks, in
+    // their order, so the message names the first problem.
+    let suspect = |b: u8| {
+        !b.is_ascii() || b.is_ascii_whitespace() || b.is_ascii_control() || b"<>()".contains(&b)
+    };
+    if nfc.bytes().any(suspect) {
+        screen_characters(nfc)?;
     }
     if nfc.starts_with('"') {
         if !policy.allow_quoted_local_part {
@@ -241,18 +230,44 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
         );
     }
     check_dot_atom(local)?;
-    // Belt and braces: the RFC parser must agree with the policy above.
-    let candidate = format!("{local}@{ascii_domain}");
+    let normalized = normalize_parts(local, &ascii_domain);
+    // Belt and braces: the RFC parser must agree with the policy above
+    // (case folding changes nothing it checks).
     let options = email_address::Options::default()
         .with_required_tld()
         .without_domain_literal()
         .without_display_text();
-    if let Err(e) = email_address::EmailAddress::parse_with_options(&candidate, options) {
+    if let Err(e) = email_address::EmailAddress::parse_with_options(&normalized, options) {
         return reject(InvalidSyntax, format!("not a valid address: {e}"));
     }
-    Ok(ValidEmail {
-        normalized: normalize_parts(local, &ascii_domain),
-    })
+    Ok(ValidEmail { normalized })
+}
+
+/// The character checks of [`validate_email`], for text that is not plain
+/// printable ASCII.
+fn screen_characters(nfc: &str) -> Result<(), Rejection> {
+    use RejectReason::*;
+    if let Some(c) = nfc.chars().find(|c| c.is_whitespace()) {
+        return reject(
+            WhitespaceInside,
+            format!("the address contains whitespace ({:?})", c),
+        );
+    }
+    if let Some(c) = nfc.chars().find(|c| c.is_control()) {
+        return reject(
+            InvalidSyntax,
+            format!("the address contains a control character ({:?})", c),
+        );
+    }
+    if let Some(c) = nfc.chars().find(|c| matches!(c, '<' | '>' | '(' | ')')) {
+        return reject(
+            InvalidSyntax,
+            format!(
+                "the address contains {c:?}; write the bare address without brackets or comments"
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn normalize_parts(local: &str, ascii_domain: &str) -> String {
@@ -292,7 +307,11 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
     }
     // Plain ASCII host names (the common case) only need lower-casing; IDNA
     // is for Unicode labels and for `xn--` labels, which must decode.
-    let plain = domain.is_ascii() && !domain.to_ascii_lowercase().contains("xn--");
+    let plain = domain.is_ascii()
+        && !domain
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"xn--"));
     let ascii = match plain {
         true => Ok(domain.to_ascii_lowercase()),
         false => idna::domain_to_ascii(domain),
@@ -306,8 +325,7 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
             );
         }
     };
-    let labels: Vec<&str> = ascii.split('.').collect();
-    if labels.len() < 2 {
+    if !ascii.contains('.') {
         return reject(
             InvalidDomain,
             format!(
@@ -315,7 +333,7 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
             ),
         );
     }
-    for label in &labels {
+    for label in ascii.split('.') {
         if label.is_empty() {
             return reject(
                 InvalidDomain,
@@ -344,7 +362,7 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
             );
         }
     }
-    let tld = labels.last().copied().unwrap_or_default();
+    let tld = ascii.rsplit('.').next().unwrap_or_default();
     if tld.len() < 2 || tld.bytes().all(|b| b.is_ascii_digit()) {
         return reject(
             InvalidDomain,
