@@ -7,17 +7,18 @@ use rowpipe_core::stream::{EntryBody, StreamEntry};
 use rowpipe_core::validate::{EmailPolicy, validate_email, validate_name};
 
 /// Judge one entry. `upload_seq` is the entry's own, or the one looked up.
-pub fn judge(entry: &StreamEntry, upload_seq: i64, policy: EmailPolicy) -> JudgedRow {
+/// Takes the entry: its upload id moves into the row instead of being copied.
+pub fn judge(entry: StreamEntry, upload_seq: i64, policy: EmailPolicy) -> JudgedRow {
     let verdict = match &entry.body {
         EntryBody::Rejected { rejection, .. } => RowVerdict::Reject {
             reason: rejection.reason,
             message: rejection.message.clone(),
             fields: entry.original_fields_json(),
         },
-        EntryBody::Row(row) => judge_row(entry, row, policy),
+        EntryBody::Row(row) => judge_row(&entry, row, policy),
     };
     JudgedRow {
-        upload_id: entry.upload_id.clone(),
+        upload_id: entry.upload_id,
         upload_seq,
         row_number: entry.row_number,
         verdict,
@@ -77,7 +78,7 @@ mod tests {
 
     #[test]
     fn a_valid_row_is_normalized_and_cleaned() {
-        let j = judge(&entry(Some(" Ann@Example.COM ")), 1, EmailPolicy::default());
+        let j = judge(entry(Some(" Ann@Example.COM ")), 1, EmailPolicy::default());
         match j.verdict {
             RowVerdict::Accept {
                 email,
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_missing_email_is_rejected_with_the_fields_as_written() {
-        let j = judge(&entry(None), 1, EmailPolicy::default());
+        let j = judge(entry(None), 1, EmailPolicy::default());
         match j.verdict {
             RowVerdict::Reject { reason, fields, .. } => {
                 assert_eq!(reason, RejectReason::MissingEmail);

@@ -379,7 +379,7 @@ impl Worker {
         let mut poison: Vec<(Delivered, String)> = Vec::new();
         for d in delivered {
             let times = deliveries.get(&d.id).copied().unwrap_or(1);
-            match &d.entry {
+            match d.entry {
                 Ok(entry) if times <= self.config.max_deliveries => {
                     // One link per producer batch: its entries share a traceparent.
                     if let Some(tp) = entry.trace.iter().find(|(k, _)| k == "traceparent")
@@ -398,17 +398,23 @@ impl Worker {
                             );
                         }
                     }
-                    let seq = self.upload_seq_of(entry).unwrap_or(i64::MAX / 2);
-                    ids.push(d.id.clone());
+                    let seq = self.upload_seq_of(&entry).unwrap_or(i64::MAX / 2);
+                    ids.push(d.id);
                     rows.push(judge(entry, seq, policy));
                 }
-                Ok(_) => {
+                Ok(entry) => {
                     let why = format!("delivered {times} times without success");
-                    poison.push((d, why));
+                    poison.push((
+                        Delivered {
+                            entry: Ok(entry),
+                            ..d
+                        },
+                        why,
+                    ));
                 }
                 Err(e) => {
                     let why = format!("undecodable entry: {e}");
-                    poison.push((d, why));
+                    poison.push((Delivered { entry: Err(e), ..d }, why));
                 }
             }
         }
@@ -742,8 +748,8 @@ impl Worker {
         why: &str,
         report: &mut BatchReport,
     ) -> anyhow::Result<()> {
-        if let Ok(entry) = &d.entry {
-            let seq = self.upload_seq_of(entry).unwrap_or(i64::MAX / 2);
+        if let Ok(entry) = d.entry {
+            let seq = self.upload_seq_of(&entry).unwrap_or(i64::MAX / 2);
             let row = judge(entry, seq, self.config.policy());
             return self.reject_as_failed(&d.id, row, why, report).await;
         }

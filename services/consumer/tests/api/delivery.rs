@@ -550,11 +550,8 @@ async fn store_as_a_consumer_that_dies(app: &TestApp, id: &str, died: DiedAfter)
         .iter()
         .map(|e| {
             let entry = StreamEntry::from_map(&e.map).expect("an entry the upload wrote");
-            judge(
-                &entry,
-                entry.upload_seq.unwrap_or(seq),
-                EmailPolicy::default(),
-            )
+            let seq = entry.upload_seq.unwrap_or(seq);
+            judge(entry, seq, EmailPolicy::default())
         })
         .collect();
     app.store
