@@ -115,7 +115,7 @@ impl Enqueuer {
     pub async fn write(
         &mut self,
         upload_id: &str,
-        batch: &mut [StreamEntry],
+        batch: &[StreamEntry],
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
     ) -> Result<(), EnqueueError> {
         if batch.is_empty() {
@@ -138,9 +138,8 @@ impl Enqueuer {
         );
         let trace = rowpipe_core::telemetry::inject(&span);
         let mut pipe = redis::pipe();
-        for entry in batch.iter_mut() {
-            entry.trace = trace.clone();
-            pipe.xadd(&self.config.stream, "*", &entry.to_fields());
+        for entry in batch.iter() {
+            pipe.xadd(&self.config.stream, "*", &entry.to_fields_traced(&trace));
         }
         // A failed pipeline may have written part of the batch; writing it
         // again is safe because consumers record each (upload, row) once.

@@ -56,10 +56,10 @@ where
     let writer = tokio::spawn(
         async move {
             let mut written: i64 = 0;
-            while let Some(mut batch) = rx.recv().await {
+            while let Some(batch) = rx.recv().await {
                 let n = batch.len() as i64;
                 enqueuer
-                    .write(&writer_upload, &mut batch, &mut writer_shutdown)
+                    .write(&writer_upload, &batch, &mut writer_shutdown)
                     .await?;
                 written += n;
             }

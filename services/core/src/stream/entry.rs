@@ -16,6 +16,7 @@
 //! A column whose header collides with one of these names travels as
 //! `csv:<header>`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use redis::Value;
@@ -82,41 +83,53 @@ pub enum EntryError {
 
 impl StreamEntry {
     /// Field/value pairs for `XADD`, in a stable order.
-    pub fn to_fields(&self) -> Vec<(String, String)> {
+    pub fn to_fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        self.to_fields_traced(&self.trace)
+    }
+
+    /// [`Self::to_fields`] with the trace context given instead of the
+    /// entry's own: the upload writes a batch's entries under one context.
+    pub fn to_fields_traced<'a>(
+        &'a self,
+        trace: &'a [(String, String)],
+    ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+        // Borrowed wherever possible: the upload writes one of these per
+        // row, and they only live until the pipeline is encoded.
+        let b = Cow::Borrowed;
         let mut out = Vec::with_capacity(8);
-        out.push((F_UPLOAD_ID.to_string(), self.upload_id.clone()));
+        out.push((b(F_UPLOAD_ID), b(self.upload_id.as_str())));
         if let Some(seq) = self.upload_seq {
-            out.push((F_UPLOAD_SEQ.to_string(), seq.to_string()));
+            out.push((b(F_UPLOAD_SEQ), Cow::Owned(seq.to_string())));
         }
-        out.push((F_ROW_NUMBER.to_string(), self.row_number.to_string()));
-        for (k, v) in &self.trace {
+        out.push((b(F_ROW_NUMBER), Cow::Owned(self.row_number.to_string())));
+        for (k, v) in trace {
             if !v.is_empty() {
-                out.push((k.clone(), v.clone()));
+                out.push((b(k.as_str()), b(v.as_str())));
             }
         }
         match &self.body {
             EntryBody::Row(row) => {
                 if let Some(email) = &row.email {
-                    out.push((F_EMAIL.to_string(), email.clone()));
+                    out.push((b(F_EMAIL), b(email.as_str())));
                 }
                 if let Some(name) = &row.name {
-                    out.push((F_NAME.to_string(), name.clone()));
+                    out.push((b(F_NAME), b(name.as_str())));
                 }
                 for (k, v) in &row.attributes {
                     let key = if RESERVED.contains(&k.as_str()) || k.starts_with(COLLISION_PREFIX) {
-                        format!("{COLLISION_PREFIX}{k}")
+                        Cow::Owned(format!("{COLLISION_PREFIX}{k}"))
                     } else {
-                        k.clone()
+                        b(k.as_str())
                     };
-                    out.push((key, v.clone()));
+                    out.push((key, b(v.as_str())));
                 }
             }
             EntryBody::Rejected { rejection, raw } => {
-                out.push((F_REJECT.to_string(), rejection.reason.code().to_string()));
-                out.push((F_REJECT_DETAIL.to_string(), rejection.message.clone()));
+                out.push((b(F_REJECT), b(rejection.reason.code())));
+                out.push((b(F_REJECT_DETAIL), b(rejection.message.as_str())));
                 out.push((
-                    F_RAW.to_string(),
-                    serde_json::to_string(raw).unwrap_or_else(|_| "[]".into()),
+                    b(F_RAW),
+                    Cow::Owned(serde_json::to_string(raw).unwrap_or_else(|_| "[]".into())),
                 ));
             }
         }
@@ -292,10 +305,15 @@ pub fn value_to_string(v: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn to_map(fields: Vec<(String, String)>) -> HashMap<String, Value> {
+    fn to_map(fields: Vec<(Cow<'_, str>, Cow<'_, str>)>) -> HashMap<String, Value> {
         fields
             .into_iter()
-            .map(|(k, v)| (k, Value::BulkString(v.into_bytes())))
+            .map(|(k, v)| {
+                (
+                    k.into_owned(),
+                    Value::BulkString(v.into_owned().into_bytes()),
+                )
+            })
             .collect()
     }
 
