@@ -336,24 +336,34 @@ impl Store {
                 packed.push_row(&row[..7]);
             }
             if let Some(columns) = packed.finish() {
-                // Only the emails that were not inserted come back (a few per
-                // cent), not every inserted one.
+                // The inserted emails come back as one text value, joined
+                // by the separator (which no packed value holds): cheaper
+                // for PostgreSQL than a row per email, and than keeping the
+                // input to return the complement (a materialized CTE and a
+                // hash anti-join took a tenth of its time per batch).
                 let sql = format!(
-                    "WITH src AS MATERIALIZED (SELECT * FROM {} AS t(e, r, m, a, u, s, n)), \
-                     ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $8 FROM src \
-                     ON CONFLICT (email) DO NOTHING RETURNING email) \
-                     SELECT e FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.email = src.e)",
+                    "WITH ins AS (INSERT INTO contacts ({cols}) SELECT e, r, m, a, u, s, n, $8 \
+                     FROM {} AS t(e, r, m, a, u, s, n) ON CONFLICT (email) DO NOTHING RETURNING email) \
+                     SELECT COALESCE(string_agg(email, chr(30)), '') FROM ins",
                     PackedColumns::unnest(&[
                         "text", "text", "text", "text", "text", "bigint", "bigint"
                     ]),
                 );
-                let returned = PackedColumns::query(sql, columns)
+                let inserted: String = PackedColumns::query(sql, columns)
                     .bind(now)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                for row in returned {
-                    contested.insert(row.try_get::<String, _>(0)?);
-                }
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
+                let inserted: HashSet<&str> = inserted
+                    .split(PackedColumns::SEPARATOR)
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                contested.extend(
+                    chunk
+                        .iter()
+                        .filter(|(e, _)| !inserted.contains(*e))
+                        .map(|(e, _)| e.to_string()),
+                );
                 return Ok(contested);
             }
             // Values the packed form cannot carry: the plain VALUES form below.
