@@ -147,8 +147,10 @@ class Db:
             self.url = f"sqlite://{self.path}"
         else:
             self.sql_admin(f'CREATE DATABASE {self.q(self.name)}' + (" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if kind == "mysql" else ""))
-            base = admin_url.split("?")[0].rsplit("/", 1)[0]
-            self.url = f"{base}/{self.name}"
+            base, _, params = admin_url.partition("?")
+            # Connection parameters (e.g. `sslmode`) apply to both the
+            # reference's client and rowpipe.
+            self.url = f"{base.rsplit('/', 1)[0]}/{self.name}" + (f"?{params}" if params else "")
 
     def q(self, ident):
         return f"`{ident}`" if self.kind == "mysql" else f'"{ident}"'
