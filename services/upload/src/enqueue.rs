@@ -147,7 +147,9 @@ impl Enqueuer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result: redis::RedisResult<Vec<String>> = pipe
+            // The entry ids are not needed: `()` leaves them unconverted, and
+            // a server error in any reply still fails the whole call.
+            let result: redis::RedisResult<()> = pipe
                 .query_async(&mut self.con)
                 .instrument(span.clone())
                 .await;
