@@ -231,16 +231,26 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
     }
     check_dot_atom(local)?;
     let normalized = normalize_parts(local, &ascii_domain);
-    // Belt and braces: the RFC parser must agree with the policy above
-    // (case folding changes nothing it checks).
-    let options = email_address::Options::default()
-        .with_required_tld()
-        .without_domain_literal()
-        .without_display_text();
-    if let Err(e) = email_address::EmailAddress::parse_with_options(&normalized, options) {
+    // Belt and braces where Unicode is involved: the RFC parser must agree
+    // with the policy above (case folding changes nothing it checks). On
+    // plain ASCII the checks above are stricter than RFC 5321's dot-atom (a
+    // property test, `ascii_addresses_the_policy_accepts_are_rfc_valid`,
+    // holds the two together), and the second parse was two thirds of the
+    // time validation took.
+    if !nfc.is_ascii()
+        && let Err(e) = email_address::EmailAddress::parse_with_options(&normalized, rfc_options())
+    {
         return reject(InvalidSyntax, format!("not a valid address: {e}"));
     }
     Ok(ValidEmail { normalized })
+}
+
+/// What the RFC cross-check of [`validate_email`] asks of an address.
+pub fn rfc_options() -> email_address::Options {
+    email_address::Options::default()
+        .with_required_tld()
+        .without_domain_literal()
+        .without_display_text()
 }
 
 /// The character checks of [`validate_email`], for text that is not plain

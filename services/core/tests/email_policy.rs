@@ -2,7 +2,7 @@
 //! that must hold for any input string.
 
 use proptest::prelude::*;
-use rowpipe_core::validate::{EmailPolicy, validate_email};
+use rowpipe_core::validate::{EmailPolicy, rfc_options, validate_email};
 
 fn unescape(field: &str) -> String {
     let mut out = String::new();
@@ -67,8 +67,51 @@ fn every_labelled_address_gets_its_expected_verdict_and_reason() {
     );
 }
 
+/// The policy skips the RFC parser's cross-check on plain ASCII because its
+/// own checks are stricter there; this holds it to that.
+fn assert_rfc_valid_if_accepted(input: &str) -> Result<(), TestCaseError> {
+    if let Ok(v) = validate_email(input, EmailPolicy::default())
+        && input.is_ascii()
+    {
+        let rfc = email_address::EmailAddress::parse_with_options(&v.normalized, rfc_options());
+        prop_assert!(
+            rfc.is_ok(),
+            "{input:?} accepted as {:?}, which the RFC parser rejects: {rfc:?}",
+            v.normalized
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_ascii_address_of_the_table_the_policy_accepts_is_rfc_valid() {
+    let table = include_str!("fixtures/emails.tsv");
+    let mut accepted = 0;
+    for line in table.lines().skip(1).filter(|l| !l.is_empty()) {
+        let input = unescape(line.split('\t').next().unwrap_or(""));
+        if input.is_ascii() && validate_email(&input, EmailPolicy::default()).is_ok() {
+            accepted += 1;
+        }
+        if let Err(e) = assert_rfc_valid_if_accepted(&input) {
+            panic!("{e}");
+        }
+    }
+    assert!(
+        accepted >= 30,
+        "only {accepted} accepted ASCII addresses in the table"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn ascii_addresses_the_policy_accepts_are_rfc_valid(
+        local in "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(\\.[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,12}){0,3}",
+        domain in "([a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?\\.){1,3}[a-zA-Z0-9-]{1,8}",
+    ) {
+        assert_rfc_valid_if_accepted(&format!("{local}@{domain}"))?;
+    }
 
     #[test]
     fn validation_never_panics_and_normalization_is_idempotent(input in "\\PC{0,80}") {
