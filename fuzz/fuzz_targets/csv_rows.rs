@@ -50,7 +50,12 @@ fn check_round_trip(entry: &StreamEntry) {
     let map: HashMap<String, Value> = entry
         .to_fields()
         .into_iter()
-        .map(|(k, v)| (k.into_owned(), Value::BulkString(v.into_owned().into_bytes())))
+        .map(|(k, v)| {
+            (
+                k.into_owned(),
+                Value::BulkString(v.into_owned().into_bytes()),
+            )
+        })
         .collect();
     let back = StreamEntry::from_map(&map)
         .unwrap_or_else(|e| panic!("to_fields output does not decode: {e} ({entry:?})"));
