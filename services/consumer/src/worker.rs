@@ -12,7 +12,9 @@
 //!   single bad entry cannot block the others;
 //! * an entry keeps failing (or cannot be decoded at all): after
 //!   `max_deliveries` it goes to the dead-letter stream and the reject ledger
-//!   (`processing_failed`), and is acknowledged.
+//!   (`processing_failed`), and is acknowledged; unless an earlier delivery
+//!   stored it after all (its consumer died before `XACK`), then it is only
+//!   acknowledged.
 //!
 //! Entries pending on a consumer longer than `claim_idle` are taken over by
 //! another one (`XAUTOCLAIM`, one worker per process at a time: see
