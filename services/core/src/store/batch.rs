@@ -341,16 +341,22 @@ impl Store {
                         .iter()
                         .all(|(_, r)| r.upload_id == u && r.upload_seq == s)
                 });
-            let (mut packed, types, select) = match one_upload {
+            let (mut packed, select) = match one_upload {
                 Some(_) => (
                     PackedColumns::new(5),
-                    &["text", "text", "text", "text", "bigint"][..],
-                    "SELECT e, r, m, a, $6, $7, n, $8 FROM {} AS t(e, r, m, a, n)",
+                    format!(
+                        "SELECT e, r, m, a, $6, $7, n, $8 FROM {} AS t(e, r, m, a, n)",
+                        PackedColumns::unnest(&["text", "text", "text", "text", "bigint"])
+                    ),
                 ),
                 None => (
                     PackedColumns::new(7),
-                    &["text", "text", "text", "text", "text", "bigint", "bigint"][..],
-                    "SELECT e, r, m, a, u, s, n, $8 FROM {} AS t(e, r, m, a, u, s, n)",
+                    format!(
+                        "SELECT e, r, m, a, u, s, n, $8 FROM {} AS t(e, r, m, a, u, s, n)",
+                        PackedColumns::unnest(&[
+                            "text", "text", "text", "text", "text", "bigint", "bigint"
+                        ])
+                    ),
                 ),
             };
             for row in &rows {
@@ -366,10 +372,9 @@ impl Store {
                 // input in a materialized CTE to return the complement
                 // through a hash anti-join (docs/performance.md, session 5).
                 let sql = format!(
-                    "WITH ins AS (INSERT INTO contacts ({cols}) {} \
+                    "WITH ins AS (INSERT INTO contacts ({cols}) {select} \
                      ON CONFLICT (email) DO NOTHING RETURNING email) \
                      SELECT COALESCE(string_agg(email, chr(30)), '') FROM ins",
-                    select.replace("{}", &PackedColumns::unnest(types)),
                 );
                 let mut q = PackedColumns::query(sql, columns);
                 if let Some((upload, seq)) = one_upload {
