@@ -220,6 +220,16 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
 
 rowpipe_testkit::on_databases!(sigterm_drains_and_exits_zero_within_the_grace_period: Postgres, Sqlite);
 
+/// Entries in the app's dead-letter stream.
+async fn dead_letters(app: &TestApp) -> u64 {
+    let mut con = app.redis.clone();
+    redis::cmd("XLEN")
+        .arg(format!("{}:dead", app.stream))
+        .query_async(&mut con)
+        .await
+        .expect("XLEN")
+}
+
 /// A trigger that makes the insert of one email fail, in each dialect.
 fn poison_trigger(backend: Backend) -> Vec<&'static str> {
     match backend {
@@ -266,13 +276,11 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
         status["counts"]["rejected_by_reason"]["processing_failed"],
         1
     );
-    let mut con = app.redis.clone();
-    let dead: u64 = redis::cmd("XLEN")
-        .arg(format!("{}:dead", app.stream))
-        .query_async(&mut con)
-        .await
-        .expect("XLEN");
-    assert_eq!(dead, 1, "one entry in the dead-letter stream");
+    assert_eq!(
+        dead_letters(&app).await,
+        1,
+        "one entry in the dead-letter stream"
+    );
     let rejects = app.get_text(&format!("/v1/uploads/{id}/rejects")).await;
     let line = rejects.lines().nth(1).unwrap_or("");
     assert!(line.starts_with("57,processing_failed,"), "{rejects}");
@@ -672,12 +680,7 @@ async fn an_entry_stored_but_never_acknowledged_is_not_failed_when_delivered_too
             .is_none(),
         "stored rows recorded as failed: {status_now}"
     );
-    let dead: u64 = redis::cmd("XLEN")
-        .arg(format!("{}:dead", app.stream))
-        .query_async(&mut con)
-        .await
-        .expect("XLEN");
-    assert_eq!(dead, 0, "stored entries dead-lettered");
+    assert_eq!(dead_letters(&app).await, 0, "stored entries dead-lettered");
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
     app.cleanup_with(&mut procs).await;
 }
