@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::enqueue::{EnqueueError, Enqueuer};
 use crate::error::ApiError;
 use crate::intake::{Intake, IntakeOptions, IntakeRow, sniff};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Facts about an upload once its body was read.
 #[derive(Clone, Debug)]

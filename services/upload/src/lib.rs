@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod intake;
 pub mod routes;
 pub mod startup;
+pub mod state;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

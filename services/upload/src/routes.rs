@@ -15,7 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::error::ApiError;
 use crate::ingest::ingest;
 use crate::intake::{IntakeOptions, Limits, decode, sniff};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Query parameters of `POST /v1/uploads`.
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
 use tokio::net::TcpListener;
@@ -14,16 +13,7 @@ use crate::auth::{Auth, require_token};
 use crate::config::Config;
 use crate::enqueue::EnqueueConfig;
 use crate::routes;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub redis: ConnectionManager,
-    pub enqueue: EnqueueConfig,
-    pub shutdown: Shutdown,
-}
+use crate::state::AppState;
 
 /// A built, bound, not yet running upload service.
 pub struct Application {

@@ -1,0 +1,25 @@
+//! What every handler can reach.
+//!
+//! The state is its own module so that the handlers and the ingest path can
+//! depend on it without depending on [`crate::startup`], which builds the
+//! state and depends on the handlers in turn.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::store::Store;
+
+use crate::config::Config;
+use crate::enqueue::EnqueueConfig;
+
+/// Shared by every request; cloning it is cheap (the connections and the
+/// config are shared, not copied).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub redis: ConnectionManager,
+    pub enqueue: EnqueueConfig,
+    pub shutdown: Shutdown,
+}
