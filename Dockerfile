@@ -9,9 +9,10 @@
 #
 # Dependency caching works without cargo-chef: the `skeleton` stage reduces the
 # build context to the manifests (Cargo.toml, Cargo.lock, build scripts) plus
-# empty stub crate roots (patched third-party crates in services/vendor are
-# dependencies and go in whole). Its output only changes when a manifest changes, so
-# the `COPY --from=skeleton` layer and the dependency build after it stay cached
+# empty stub crate roots of the workspace members, which all live under
+# services/; vendor/ holds patched dependencies and goes in whole. Its output
+# only changes when a manifest or a vendored crate changes, so the
+# `COPY --from=skeleton` layer and the dependency build after it stay cached
 # while only .rs sources change. BuildKit cache mounts additionally keep the
 # cargo registry between builds.
 
@@ -24,19 +25,17 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /ctx
 COPY . .
 RUN mkdir -p /skel \
- && cp Cargo.toml Cargo.lock /skel/ \
+ && cp -r Cargo.toml Cargo.lock vendor /skel/ \
  && if [ -d .cargo ]; then cp -r .cargo /skel/.cargo; fi \
  && if [ -f rust-toolchain.toml ]; then cp rust-toolchain.toml /skel/; fi \
- && mkdir -p /skel/services && cp -r services/vendor /skel/services/vendor \
- && find . -name Cargo.toml -not -path './target/*' -not -path './Cargo.toml' \
-      -not -path './services/vendor/*' -print0 \
+ && find services -name Cargo.toml -print0 \
     | while IFS= read -r -d '' manifest; do \
         dir="$(dirname "$manifest")"; \
         mkdir -p "/skel/$dir"; \
         cp "$manifest" "/skel/$manifest"; \
         if [ -f "$dir/build.rs" ]; then cp "$dir/build.rs" "/skel/$dir/build.rs"; fi; \
       done \
- && find . -not -path './target/*' -not -path './services/vendor/*' -name '*.rs' \
+ && find services -name '*.rs' \
       \( -path '*/src/lib.rs' -o -path '*/src/main.rs' -o -path '*/src/bin/*' \
          -o -path '*/tests/*' -o -path '*/benches/*' -o -path '*/examples/*' \) -print0 \
     | while IFS= read -r -d '' src; do \
@@ -63,7 +62,7 @@ COPY . .
 # real sources so cargo rebuilds the workspace crates (dependencies stay built).
 RUN --mount=type=cache,id=rowpipe-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=rowpipe-cargo-git,target=/usr/local/cargo/git,sharing=locked \
-    find services -path services/vendor -prune -o -name '*.rs' -exec touch {} + \
+    find services -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
  && install -m 0755 target/release/rowpipe-upload target/release/rowpipe-consumer target/release/rowpipe /out/
