@@ -7,13 +7,11 @@
 //! * [`startup`]: [`startup::Application::build`] then `run_until_stopped`.
 //! * [`worker`]: read → judge → store → acknowledge, with the retry rules.
 //! * [`completion`]: marking uploads completed, after each batch and by a sweep.
-//! * [`judge`]: a stream entry → a judged row (rules in `rowpipe_core::validate`).
 //! * [`reclaim`]: which worker's turn it is to take over entries dead consumers left pending.
 //! * [`maintenance`]: gauges, trimming acknowledged entries, forgetting dead consumers.
 
 pub mod completion;
 pub mod config;
-pub mod judge;
 pub mod maintenance;
 pub mod reclaim;
 pub mod startup;

@@ -36,15 +36,15 @@ use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId};
 use rowpipe_core::shutdown::Shutdown;
-use rowpipe_core::store::{JudgedRow, RowVerdict, Store, StoreError};
+use rowpipe_core::store::{Store, StoreError};
 use rowpipe_core::stream::reader::{GroupReader, ReadGroup};
 use rowpipe_core::stream::{self, StreamEntry};
 use rowpipe_core::validate::RejectReason;
+use rowpipe_core::verdict::{JudgedRow, RowVerdict, judge};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::Config;
-use crate::judge::judge;
 use crate::reclaim::ReclaimTurns;
 
 /// What readiness reports: the last known state of each dependency.
@@ -686,16 +686,7 @@ impl Worker {
         if self.store.holds_row(&row).await? {
             return self.ack_stored(id, report).await;
         }
-        let fields = match &row.verdict {
-            RowVerdict::Reject { fields, .. } => fields.clone(),
-            RowVerdict::Accept {
-                email_raw,
-                name,
-                attributes,
-                ..
-            } => serde_json::json!({"email": email_raw, "name": name, "attributes": attributes})
-                .to_string(),
-        };
+        let fields = row.verdict.fields_json();
         let failed = JudgedRow {
             verdict: RowVerdict::Reject {
                 reason: RejectReason::ProcessingFailed,

@@ -13,8 +13,12 @@
 //!   `DATABASE_URL`, stream and group names, telemetry switches).
 //! * [`row`]: what a row is once it left the CSV file: [`row::RowFields`], and
 //!   how header names map to the email and name columns ([`row::ColumnMap`]).
-//! * [`validate`]: the one place a row is judged: the email policy,
-//!   normalization of the uniqueness key and [`validate::RejectReason`].
+//! * [`validate`]: the rules a field is judged by: the email policy,
+//!   normalization of the uniqueness key, the name, and
+//!   [`validate::RejectReason`] with every reason code.
+//! * [`verdict`]: the verdict on a row ([`verdict::RowVerdict`],
+//!   [`verdict::JudgedRow`]) and [`verdict::judge`], which reaches it from a
+//!   stream entry.
 //! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format,
 //!   the consumer-group operations both programs need, and the consumer's
 //!   own `XREADGROUP` reader ([`stream::reader`]).
@@ -30,6 +34,7 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod validate;
+pub mod verdict;
 
 /// Milliseconds since the Unix epoch; the portable timestamp every table uses.
 pub fn now_ms() -> i64 {

@@ -18,6 +18,25 @@ pub struct RowFields {
     pub attributes: Vec<(String, String)>,
 }
 
+impl RowFields {
+    /// The row as one flat JSON object, `{"email": …, "name": …, <column>:
+    /// …}`: the one shape in which rowpipe hands a row's fields back (reject
+    /// ledger, dead letters, exports).
+    pub fn as_written_json(&self) -> String {
+        let mut obj = serde_json::Map::new();
+        if let Some(e) = &self.email {
+            obj.insert("email".into(), e.clone().into());
+        }
+        if let Some(n) = &self.name {
+            obj.insert("name".into(), n.clone().into());
+        }
+        for (k, v) in &self.attributes {
+            obj.insert(k.clone(), v.clone().into());
+        }
+        serde_json::Value::Object(obj).to_string()
+    }
+}
+
 /// Which positions of a record hold the email and the name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnMap {

@@ -29,13 +29,6 @@ impl ShutdownTrigger {
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
-
-    /// A new handle bound to this trigger.
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown {
-            rx: self.tx.subscribe(),
-        }
-    }
 }
 
 impl Shutdown {
@@ -48,13 +41,6 @@ impl Shutdown {
     pub async fn requested(&mut self) {
         // An error means the trigger was dropped: treat that as "stop" too.
         let _ = self.rx.wait_for(|stop| *stop).await;
-    }
-
-    /// A handle that never fires, for tests and one-shot tools.
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Shutdown { rx }
     }
 }
 

@@ -1,9 +1,12 @@
-//! The one place a row is judged.
+//! The rules a row's fields are judged by, and every reason a row can be
+//! rejected for.
 //!
-//! Both programs call into this module: the upload service for what only the
-//! CSV parser can see (ragged rows, over-long fields, undecodable bytes), the
-//! consumer for the email policy. A row is therefore judged once, by the same
-//! code, wherever that happens.
+//! This module owns the reason codes ([`RejectReason`]) of both halves of a
+//! row's judgement, the email policy, the normalization of the uniqueness
+//! key and the cleaning of the name. It decides nothing about a whole row:
+//! the upload service's intake applies the shape rules (ragged rows,
+//! over-long fields, undecodable bytes) and [`crate::verdict::judge`]
+//! applies these rules to a stream entry's fields.
 //!
 //! # Email policy
 //!
@@ -235,8 +238,8 @@ pub fn validate_email(raw: &str, policy: EmailPolicy) -> Result<ValidEmail, Reje
     // with the policy above (case folding changes nothing it checks). On
     // plain ASCII the checks above are stricter than RFC 5321's dot-atom (a
     // property test, `ascii_addresses_the_policy_accepts_are_rfc_valid`,
-    // holds the two together), and the second parse was two thirds of the
-    // time validation took.
+    // holds the two together), so a second parse would cost time and could
+    // not reject anything.
     if !nfc.is_ascii()
         && let Err(e) = email_address::EmailAddress::parse_with_options(&normalized, rfc_options())
     {

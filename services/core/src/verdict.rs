@@ -1,10 +1,87 @@
-//! Turning a stream entry into a judged row (the consumer's half of the
-//! validation; the rules themselves live in `rowpipe_core::validate`).
+//! The verdict on a row: what rowpipe decided about it, and why.
+//!
+//! A row is judged in two halves, by the program that can see each:
+//!
+//! * its **shape** (ragged, too many columns, an over-long field, bytes that
+//!   do not decode) only the CSV parser can see, so the upload service
+//!   decides it and sends the row on as an [`EntryBody::Rejected`] entry;
+//! * its **content** (the email policy and the name) is decided here, in
+//!   [`judge`], by the consumer, with the rules of [`crate::validate`].
+//!
+//! Either way the outcome is one [`RowVerdict`], and this is the only place
+//! one is made from a stream entry. The store takes [`JudgedRow`]s and
+//! records them; it never judges.
 
-use rowpipe_core::row::RowFields;
-use rowpipe_core::store::{JudgedRow, RowVerdict};
-use rowpipe_core::stream::{EntryBody, StreamEntry};
-use rowpipe_core::validate::{EmailPolicy, validate_email, validate_name};
+use crate::row::RowFields;
+use crate::stream::{EntryBody, StreamEntry};
+use crate::validate::{EmailPolicy, RejectReason, Rejection, validate_email, validate_name};
+
+/// The verdict on one row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowVerdict {
+    Accept {
+        /// Normalized email (the uniqueness key).
+        email: String,
+        /// The email as written.
+        email_raw: String,
+        name: Option<String>,
+        /// Other columns as a JSON object.
+        attributes: Option<String>,
+    },
+    Reject {
+        reason: RejectReason,
+        message: String,
+        /// The fields as written, JSON.
+        fields: String,
+    },
+}
+
+impl RowVerdict {
+    /// The row's fields as JSON, in the one shape every ledger and dead
+    /// letter uses ([`RowFields::as_written_json`]): the fields as written
+    /// for a reject, the fields as they would be stored for an accepted row.
+    pub fn fields_json(&self) -> String {
+        match self {
+            RowVerdict::Reject { fields, .. } => fields.clone(),
+            RowVerdict::Accept {
+                email_raw,
+                name,
+                attributes,
+                ..
+            } => {
+                let attributes: Vec<(String, String)> = attributes
+                    .as_deref()
+                    .and_then(|a| {
+                        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a).ok()
+                    })
+                    .map(|obj| {
+                        obj.into_iter()
+                            .map(|(k, v)| match v {
+                                serde_json::Value::String(s) => (k, s),
+                                other => (k, other.to_string()),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                RowFields {
+                    email: Some(email_raw.clone()),
+                    name: name.clone(),
+                    attributes,
+                }
+                .as_written_json()
+            }
+        }
+    }
+}
+
+/// A row with its identity and verdict, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JudgedRow {
+    pub upload_id: String,
+    pub upload_seq: i64,
+    pub row_number: i64,
+    pub verdict: RowVerdict,
+}
 
 /// Judge one entry. `upload_seq` is the entry's own, or the one looked up.
 /// Takes the entry: its upload id moves into the row instead of being copied.
@@ -26,7 +103,7 @@ pub fn judge(entry: StreamEntry, upload_seq: i64, policy: EmailPolicy) -> Judged
 }
 
 fn judge_row(entry: &StreamEntry, row: &RowFields, policy: EmailPolicy) -> RowVerdict {
-    let reject = |r: rowpipe_core::validate::Rejection| RowVerdict::Reject {
+    let reject = |r: Rejection| RowVerdict::Reject {
         reason: r.reason,
         message: r.message,
         fields: entry.original_fields_json(),
@@ -60,7 +137,6 @@ fn judge_row(entry: &StreamEntry, row: &RowFields, policy: EmailPolicy) -> RowVe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rowpipe_core::validate::RejectReason;
 
     fn entry(email: Option<&str>) -> StreamEntry {
         StreamEntry {
@@ -93,6 +169,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_accepted_row_gives_its_fields_in_the_same_flat_shape_as_a_reject() {
+        let accepted = judge(entry(Some("ann@example.com")), 1, EmailPolicy::default());
+        let rejected = judge(entry(None), 1, EmailPolicy::default());
+        assert_eq!(
+            accepted.verdict.fields_json(),
+            r#"{"city":"Zürich","email":"ann@example.com","name":"Ann"}"#
+        );
+        assert_eq!(
+            rejected.verdict.fields_json(),
+            r#"{"city":"Zürich","name":"  Ann\u0000  "}"#
+        );
     }
 
     #[test]

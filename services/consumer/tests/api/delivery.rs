@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use rowpipe_consumer::judge::judge;
 use rowpipe_core::stream::StreamEntry;
 use rowpipe_core::validate::EmailPolicy;
+use rowpipe_core::verdict::judge;
 use rowpipe_testkit::{
     Backend, Generated, TestApp, ToggleProxy, acknowledged, assert_every_row_counted_once,
     eventually, generate_contacts, spawn_app, via_port,

@@ -7,8 +7,9 @@
 //! several consumers at once still count once.
 
 use rowpipe_core::config::DatabaseConfig;
-use rowpipe_core::store::{JudgedRow, NewUpload, RowVerdict, Store};
+use rowpipe_core::store::{NewUpload, Store};
 use rowpipe_core::validate::RejectReason;
+use rowpipe_core::verdict::{JudgedRow, RowVerdict};
 use rowpipe_testkit::{Backend, TestDb};
 
 fn valid(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {

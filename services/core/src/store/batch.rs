@@ -49,35 +49,7 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::{Dialect, Store, StoreError};
 use crate::now_ms;
 use crate::validate::RejectReason;
-
-/// The verdict on one row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RowVerdict {
-    Accept {
-        /// Normalized email (the uniqueness key).
-        email: String,
-        /// The email as written.
-        email_raw: String,
-        name: Option<String>,
-        /// Other columns as a JSON object.
-        attributes: Option<String>,
-    },
-    Reject {
-        reason: RejectReason,
-        message: String,
-        /// The fields as written, JSON.
-        fields: String,
-    },
-}
-
-/// A row with its identity and verdict, ready to store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JudgedRow {
-    pub upload_id: String,
-    pub upload_seq: i64,
-    pub row_number: i64,
-    pub verdict: RowVerdict,
-}
+use crate::verdict::{JudgedRow, RowVerdict};
 
 /// What a committed batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Executor};
 
 use crate::config::{DatabaseConfig, redact};
 
-pub use batch::{BatchOutcome, JudgedRow, RowVerdict};
+pub use batch::BatchOutcome;
 pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");

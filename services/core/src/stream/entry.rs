@@ -249,19 +249,7 @@ impl StreamEntry {
             EntryBody::Rejected { raw, .. } => {
                 serde_json::to_string(raw).unwrap_or_else(|_| "[]".into())
             }
-            EntryBody::Row(row) => {
-                let mut obj = serde_json::Map::new();
-                if let Some(e) = &row.email {
-                    obj.insert(F_EMAIL.into(), e.clone().into());
-                }
-                if let Some(n) = &row.name {
-                    obj.insert(F_NAME.into(), n.clone().into());
-                }
-                for (k, v) in &row.attributes {
-                    obj.insert(k.clone(), v.clone().into());
-                }
-                serde_json::Value::Object(obj).to_string()
-            }
+            EntryBody::Row(row) => row.as_written_json(),
         }
     }
 }
