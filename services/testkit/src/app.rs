@@ -1,0 +1,248 @@
+//! The upload service in-process on port 0, with its own database and
+//! stream, and what a test reads back from it (HTTP, the table, the group).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
+use rowpipe_core::shutdown::{self, ShutdownTrigger};
+use rowpipe_core::store::Store;
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::db::{Backend, TestDb};
+use crate::services::fresh_stream;
+
+pub const TOKEN: &str = "test-token";
+
+/// The upload service running in-process on a random port, with its own
+/// database and stream.
+pub struct TestApp {
+    pub address: String,
+    pub redis_url: String,
+    pub db: TestDb,
+    pub stream: String,
+    pub group: String,
+    pub store: Store,
+    pub redis: ConnectionManager,
+    pub client: reqwest::Client,
+    trigger: ShutdownTrigger,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub max_backlog: u64,
+    pub max_body_bytes: u64,
+    /// A Redis of the test's own (default: the shared one).
+    pub redis_url: Option<String>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            max_backlog: 200_000,
+            max_body_bytes: 8 * 1024 * 1024 * 1024,
+            redis_url: None,
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
+    try_spawn_app(backend, options)
+        .await
+        .unwrap_or_else(|e| panic!("spawning the test app on {backend:?}: {e:#}"))
+}
+
+async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<TestApp> {
+    rowpipe_core::telemetry::install_crypto_provider();
+    let db = TestDb::create(backend).await?;
+    let stream = fresh_stream();
+    let group = "rowpipe-consumers".to_string();
+    let redis_url = options.redis_url.clone().unwrap_or_else(crate::redis_url);
+    let database = DatabaseConfig {
+        database_url: db.url.clone(),
+        db_max_connections: 8,
+    };
+    let store = Store::connect(&database).await?;
+    store.migrate().await?;
+    let redis = rowpipe_core::stream::connect(&redis_url)
+        .await
+        .with_context(|| {
+            "cannot reach Redis: set REDIS_URL or run the suite through scripts/test".to_string()
+        })?;
+    let config = rowpipe_upload::config::Config {
+        stream: StreamConfig {
+            redis_url: redis_url.clone(),
+            stream: stream.clone(),
+            group: group.clone(),
+        },
+        database,
+        telemetry: TelemetryConfig {
+            log_format: "pretty".into(),
+        },
+        listen: "127.0.0.1:0".parse()?,
+        auth_tokens: Some(TOKEN.into()),
+        auth_tokens_file: None,
+        auth_disabled: false,
+        max_body_bytes: options.max_body_bytes,
+        max_field_bytes: 64 * 1024,
+        max_columns: 512,
+        max_row_bytes: 1024 * 1024,
+        max_backlog: options.max_backlog,
+        enqueue_batch: 500,
+        idempotency_window_secs: 3600,
+        shutdown_grace_secs: 5,
+    };
+    let (trigger, handle) = shutdown::channel();
+    let app = rowpipe_upload::startup::Application::build(config, handle).await?;
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let server = tokio::spawn(app.run_until_stopped());
+    Ok(TestApp {
+        address,
+        redis_url,
+        db,
+        stream,
+        group,
+        store,
+        redis,
+        client: reqwest::Client::new(),
+        trigger,
+        server,
+    })
+}
+
+impl TestApp {
+    /// POST a raw CSV body.
+    pub async fn upload_csv(&self, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/uploads", self.address))
+            .bearer_auth(TOKEN)
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+            .await
+            .expect("POST /v1/uploads")
+    }
+
+    /// Upload and return the upload id (asserting 202).
+    pub async fn upload_ok(&self, body: Vec<u8>) -> String {
+        let resp = self.upload_csv(body).await;
+        let status = resp.status();
+        let json: Value = resp.json().await.expect("json body");
+        assert_eq!(status.as_u16(), 202, "upload refused: {json}");
+        json["upload_id"].as_str().expect("upload_id").to_string()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.client
+            .get(format!("{}/v1/uploads/{id}", self.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    /// GET an authenticated path (e.g. a CSV export) as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Poll the status endpoint until the upload is completed (or fail).
+    pub async fn wait_completed(&self, id: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if s["status"] == "completed" {
+                return s;
+            }
+            assert!(s["status"] != "failed", "upload failed: {s}");
+            assert!(
+                started.elapsed() < timeout,
+                "upload {id} not completed after {timeout:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `email, email_raw, name, upload_id, row_number` of every contact,
+    /// ordered by email: the table as a comparable value.
+    pub async fn contacts_dump(&self) -> Vec<(String, String, Option<String>, String, i64)> {
+        let sql = self.store.dialect().sql(
+            "SELECT email, email_raw, name, upload_id, \"row_number\" FROM contacts ORDER BY email",
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.store.pool())
+            .await
+            .expect("dump contacts")
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<Option<String>, _>(2),
+                    r.get::<String, _>(3),
+                    r.get::<i64, _>(4),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(self.store.pool())
+            .await
+            .expect("count")
+    }
+
+    /// Entries delivered to the group but not acknowledged.
+    pub async fn pending(&self) -> u64 {
+        let mut con = self.redis.clone();
+        // After a Redis restart the first command on a connection fails
+        // while it reconnects.
+        for _ in 0..5 {
+            if let Ok(b) = rowpipe_core::stream::backlog(&mut con, &self.stream, &self.group).await
+            {
+                return b.pending;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("cannot read the group's backlog from Redis");
+    }
+
+    /// Ask the upload service to shut down (what SIGTERM does).
+    pub fn shut_down(&self) {
+        self.trigger.trigger();
+    }
+
+    /// Stop the upload service and remove the test's database and stream.
+    pub async fn cleanup(self) {
+        self.trigger.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        let mut con = self.redis.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&self.stream)
+            .arg(format!("{}:dead", self.stream))
+            .query_async(&mut con)
+            .await;
+        self.store.close().await;
+        self.db.drop_db().await;
+    }
+}

@@ -1,0 +1,98 @@
+//! A database of the test's own on each supported backend.
+//!
+//! Each test creates a fresh PostgreSQL/MariaDB database or SQLite file, so
+//! tests run in parallel without seeing each other's rows, and a failed test
+//! leaves its database behind for inspection.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::services::{admin_url, with_database};
+
+/// The three supported databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    name: String,
+    dir: Option<PathBuf>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let name = format!("rp_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("rowpipe-test-{name}"));
+                std::fs::create_dir_all(&dir)?;
+                let url = format!("sqlite://{}", dir.join("test.db").display());
+                Ok(Self {
+                    backend,
+                    url,
+                    name,
+                    dir: Some(dir),
+                })
+            }
+            Backend::Postgres | Backend::MySql => {
+                let admin = admin_url(backend);
+                let mut con = connect_admin(&admin).await?;
+                let ddl = if backend == Backend::MySql {
+                    format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                } else {
+                    format!("CREATE DATABASE \"{name}\"")
+                };
+                sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                    .execute(&mut con)
+                    .await?;
+                Ok(Self {
+                    backend,
+                    url: with_database(&admin, &name),
+                    name,
+                    dir: None,
+                })
+            }
+        }
+    }
+
+    /// Remove the database (best effort; a failed test leaves it for inspection).
+    pub async fn drop_db(&self) {
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some(dir) = &self.dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Backend::Postgres | Backend::MySql => {
+                if let Ok(mut con) = connect_admin(&admin_url(self.backend)).await {
+                    let ddl = if self.backend == Backend::MySql {
+                        format!("DROP DATABASE IF EXISTS `{}`", self.name)
+                    } else {
+                        format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)
+                    };
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                        .execute(&mut con)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_admin(url: &str) -> anyhow::Result<sqlx::AnyConnection> {
+    use sqlx::Connection;
+    sqlx::AnyConnection::connect(url).await.with_context(|| {
+        format!(
+            "cannot reach the test database at {}: start it or run the suite through scripts/test, which finds or starts PostgreSQL and MariaDB",
+            rowpipe_core::config::redact(url)
+        )
+    })
+}
