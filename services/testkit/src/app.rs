@@ -5,15 +5,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
-use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
 use rowpipe_core::shutdown::{self, ShutdownTrigger};
 use rowpipe_core::store::Store;
+use rowpipe_upload::config::Config;
 use serde_json::Value;
 use sqlx::Row;
 
 use crate::db::{Backend, TestDb};
 use crate::services::fresh_stream;
 
+/// The bearer token every test app accepts.
 pub const TOKEN: &str = "test-token";
 
 /// The upload service running in-process on a random port, with its own
@@ -31,7 +32,8 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Options for [`spawn_app_with`].
+/// Options for [`spawn_app_with`]: the settings tests vary to see a bound
+/// hold. The defaults are the service's own.
 #[derive(Clone, Debug)]
 pub struct AppOptions {
     pub max_backlog: u64,
@@ -42,9 +44,11 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
+        let defaults: Config = crate::config::parse::<Config, _, &str>([])
+            .unwrap_or_else(|e| panic!("the upload service's defaults: {e:#}"));
         Self {
-            max_backlog: 200_000,
-            max_body_bytes: 8 * 1024 * 1024 * 1024,
+            max_backlog: defaults.max_backlog,
+            max_body_bytes: defaults.max_body_bytes,
             redis_url: None,
         }
     }
@@ -60,46 +64,56 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
         .unwrap_or_else(|e| panic!("spawning the test app on {backend:?}: {e:#}"))
 }
 
+/// The upload service's configuration for one test: the service's defaults
+/// but for these settings.
+fn upload_config(
+    db: &TestDb,
+    redis_url: &str,
+    stream: &str,
+    options: &AppOptions,
+) -> anyhow::Result<Config> {
+    let max_backlog = options.max_backlog.to_string();
+    let max_body_bytes = options.max_body_bytes.to_string();
+    crate::config::parse([
+        // The test's own servers, database and stream.
+        "--database-url",
+        &db.url,
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        // Port 0: tests run side by side, each on a free port.
+        "--listen",
+        "127.0.0.1:0",
+        // Authentication on, as in production, with the token the helpers send.
+        "--auth-tokens",
+        TOKEN,
+        // Tests lower these to see the backlog bound and the 413 hold.
+        "--max-backlog",
+        &max_backlog,
+        "--max-body-bytes",
+        &max_body_bytes,
+        // A test that stops the service mid-upload should not wait the
+        // production grace period to see the upload failed.
+        "--shutdown-grace-secs",
+        "5",
+    ])
+}
+
 async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<TestApp> {
     rowpipe_core::telemetry::install_crypto_provider();
     let db = TestDb::create(backend).await?;
     let stream = fresh_stream();
-    let group = "rowpipe-consumers".to_string();
     let redis_url = options.redis_url.clone().unwrap_or_else(crate::redis_url);
-    let database = DatabaseConfig {
-        database_url: db.url.clone(),
-        db_max_connections: 8,
-    };
-    let store = Store::connect(&database).await?;
+    let config = upload_config(&db, &redis_url, &stream, &options)?;
+    let group = config.stream.group.clone();
+    let store = Store::connect(&config.database).await?;
     store.migrate().await?;
     let redis = rowpipe_core::stream::connect(&redis_url)
         .await
         .with_context(|| {
             "cannot reach Redis: set REDIS_URL or run the suite through scripts/test".to_string()
         })?;
-    let config = rowpipe_upload::config::Config {
-        stream: StreamConfig {
-            redis_url: redis_url.clone(),
-            stream: stream.clone(),
-            group: group.clone(),
-        },
-        database,
-        telemetry: TelemetryConfig {
-            log_format: "pretty".into(),
-        },
-        listen: "127.0.0.1:0".parse()?,
-        auth_tokens: Some(TOKEN.into()),
-        auth_tokens_file: None,
-        auth_disabled: false,
-        max_body_bytes: options.max_body_bytes,
-        max_field_bytes: 64 * 1024,
-        max_columns: 512,
-        max_row_bytes: 1024 * 1024,
-        max_backlog: options.max_backlog,
-        enqueue_batch: 500,
-        idempotency_window_secs: 3600,
-        shutdown_grace_secs: 5,
-    };
     let (trigger, handle) = shutdown::channel();
     let app = rowpipe_upload::startup::Application::build(config, handle).await?;
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -9,6 +9,8 @@
 //! * [`services`]: where the shared servers are (`REDIS_URL`,
 //!   `ROWPIPE_TEST_*_URL`), a test's own stream key, URL surgery.
 //! * [`db`]: [`Backend`] and a database of the test's own ([`TestDb`]).
+//! * [`config`]: program configurations parsed by the programs' own `clap`
+//!   definitions, so tests run on the real defaults, deaf to the environment.
 //! * [`app`]: the upload service in-process on port 0 ([`spawn_app`],
 //!   [`TestApp`]) and what a test reads back from it.
 //! * [`consumer`]: the real consumer binary as OS processes of a
@@ -25,6 +27,7 @@
 
 pub mod app;
 pub mod assertions;
+pub mod config;
 pub mod consumer;
 pub mod data;
 pub mod db;
