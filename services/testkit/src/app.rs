@@ -154,26 +154,25 @@ impl TestApp {
         json["upload_id"].as_str().expect("upload_id").to_string()
     }
 
-    pub async fn status(&self, id: &str) -> Value {
-        self.client
-            .get(format!("{}/v1/uploads/{id}", self.address))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("GET status")
-            .json()
-            .await
-            .expect("status json")
-    }
-
-    /// GET an authenticated path (e.g. a CSV export) as text.
-    pub async fn get_text(&self, path: &str) -> String {
+    /// GET an authenticated path.
+    async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))
             .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let path = format!("/v1/uploads/{id}");
+        self.get(&path).await.json().await.expect("status json")
+    }
+
+    /// GET an authenticated path (e.g. a CSV export) as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        response
             .text()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
