@@ -3,19 +3,36 @@
 //! # Layout
 //!
 //! * [`config`]: the environment contract (`ROWPIPE_LISTEN`, limits, auth).
-//! * [`startup`]: [`startup::Application::build`] then `run_until_stopped`.
-//! * [`routes`]: HTTP handlers; [`error`] maps every failure to a status in one place.
+//! * [`startup`]: [`startup::Application::build`] merges the route groups,
+//!   layers authentication, binds; then `run_until_stopped`.
+//! * [`state`]: [`state::AppState`], what every handler can reach.
+//! * [`routes`]: one module per route group, each with its `router()`:
+//!   [`routes::uploads`], [`routes::exports`], [`routes::health`],
+//!   [`routes::openapi`]. [`error`] maps every failure to a status in one place.
 //! * [`auth`]: bearer tokens.
+//! * [`lifecycle`]: one `POST /v1/uploads`: checks, replay lookup, record,
+//!   [`ingest`], finish.
+//! * [`options`]: the upload's query parameters and the media types taken as CSV.
+//! * [`idempotency`]: `Idempotency-Key` and `X-Content-SHA256` replays.
 //! * [`intake`]: bytes → decoded text → CSV records → numbered rows (no I/O).
-//! * [`ingest`]: one upload: body → intake → batches → [`enqueue`].
+//! * [`ingest`]: one upload's body → intake → batches → [`enqueue`].
 //! * [`enqueue`]: pipelined `XADD` with backpressure on the group's backlog.
+//! * [`csv_writer`]: the exports' CSV, quoted by hand and streamed page by page.
+//!
+//! Dependencies point one way: `startup` → `routes` → `lifecycle` →
+//! `ingest` → `intake`/`enqueue`, and everything that needs the shared state
+//! takes it from `state`, which depends only on `config` and `enqueue`.
 
 pub mod auth;
 pub mod config;
+pub mod csv_writer;
 pub mod enqueue;
 pub mod error;
+pub mod idempotency;
 pub mod ingest;
 pub mod intake;
+pub mod lifecycle;
+pub mod options;
 pub mod routes;
 pub mod startup;
 pub mod state;

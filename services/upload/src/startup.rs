@@ -3,8 +3,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
 use tokio::net::TcpListener;
@@ -55,24 +53,16 @@ impl Application {
             enqueue,
             shutdown: shutdown.clone(),
         };
+        // Uploads and exports need a token; probes, scrapers and the API
+        // description do not.
         let api = Router::new()
-            .route(
-                "/v1/uploads",
-                post(routes::create_upload).get(routes::list_uploads),
-            )
-            .route("/v1/uploads/{id}", get(routes::get_upload))
-            .route("/v1/uploads/{id}/rejects", get(routes::get_rejects))
-            .route("/v1/uploads/{id}/duplicates", get(routes::get_duplicates))
-            // The body limit is enforced while streaming (413 and a failed
-            // upload record), not by buffering middleware.
-            .layer(DefaultBodyLimit::disable())
+            .merge(routes::uploads::router())
+            .merge(routes::exports::router())
             .layer(axum::middleware::from_fn_with_state(auth, require_token));
         let router = Router::new()
             .merge(api)
-            .route("/healthz", get(routes::healthz))
-            .route("/readyz", get(routes::readyz))
-            .route("/metrics", get(rowpipe_core::telemetry::metrics_endpoint))
-            .route("/openapi.json", get(routes::openapi))
+            .merge(routes::health::router())
+            .merge(routes::openapi::router())
             .with_state(state);
         Ok(Self {
             listener,

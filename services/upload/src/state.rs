@@ -1,8 +1,8 @@
 //! What every handler can reach.
 //!
 //! The state is its own module so that the handlers and the ingest path can
-//! depend on it without depending on [`crate::startup`], which builds the
-//! state and depends on the handlers in turn.
+//! depend on it without depending on `startup`, which builds the state and
+//! depends on the handlers in turn.
 
 use std::sync::Arc;
 
