@@ -46,7 +46,7 @@ pub async fn ingest<S, E>(
 ) -> Result<IngestReport, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
     let config = &state.config;
     let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(2);
@@ -100,11 +100,10 @@ where
         let result = match chunk {
             None => intake.finish(&mut rows),
             Some(Err(e)) => {
-                let text = e.to_string();
-                break Some(if text.contains("length limit") {
+                break Some(if is_length_limit(&e) {
                     Stop::TooLarge
                 } else {
-                    Stop::Body(text)
+                    Stop::Body(e.to_string())
                 });
             }
             Some(Ok(bytes)) => {
@@ -211,4 +210,32 @@ where
             rows_enqueued,
         },
     })
+}
+
+/// Whether a body error is a body length limit being hit (a `Limited` body,
+/// which axum's `DefaultBodyLimit` and tower-http's `RequestBodyLimit` wrap a
+/// body in). The limit error is found by type anywhere in the source chain:
+/// a raw body's `axum::Error` holds it directly, a multipart field's error
+/// holds it under multer's read error.
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.is::<http_body_util::LengthLimitError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_length_limit_is_told_by_type_not_by_text() {
+        let limited = http_body_util::Limited::new(axum::body::Body::from("0123456789"), 4);
+        let mut body = axum::body::Body::new(limited).into_data_stream();
+        let error = match body.next().await {
+            Some(Err(e)) => e,
+            other => panic!("expected a length limit error, got {other:?}"),
+        };
+        assert!(is_length_limit(&error));
+        let lookalike = axum::Error::new(std::io::Error::other("length limit exceeded"));
+        assert!(!is_length_limit(&lookalike));
+    }
 }
