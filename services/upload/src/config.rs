@@ -59,8 +59,8 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH", default_value_t = 500)]
     pub enqueue_batch: usize,
 
-    /// Window in seconds within which a re-upload of the same content (same
-    /// sha256, sent by the client in `Content-Digest` or `X-Content-SHA256`)
+    /// Window in seconds within which a re-upload of the same content (the
+    /// same sha256, sent by the client in `X-Content-SHA256` as 64 hex digits)
     /// returns the earlier upload. 0 disables it.
     #[arg(long, env = "ROWPIPE_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
     pub idempotency_window_secs: u64,

@@ -140,11 +140,6 @@ impl Intake {
         self.rows
     }
 
-    /// The header, once read.
-    pub fn columns(&self) -> Option<&ColumnMap> {
-        self.columns.as_ref()
-    }
-
     /// Feed the next bytes of the body.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<IntakeRow>) -> Result<(), IntakeError> {
         let mut text = std::mem::take(&mut self.text);
