@@ -14,6 +14,7 @@ use rowpipe_testkit::{
 };
 
 use crate::CONSUMER_BIN;
+use crate::in_process::InProcessWorker;
 
 /// The table as (email → (upload index, row number)), upload ids mapped to
 /// their position in `ids`.
@@ -262,14 +263,15 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
             csv.push_str(&format!("P{i},p{i}@example.com\n"));
         }
     }
-    let env = [
-        ("ROWPIPE_MAX_DELIVERIES", "3"),
-        ("ROWPIPE_CLAIM_IDLE_MS", "300"),
-        ("ROWPIPE_WORKERS", "1"),
-    ];
-    let mut consumer = app.spawn_consumer(CONSUMER_BIN, &env);
     let id = app.upload_ok(csv.into_bytes()).await;
-    let status = app.wait_completed(&id, Duration::from_secs(120)).await;
+    // One worker: the batch fails, its rows go in one at a time, and the
+    // poison entry is taken over again until its third delivery fails too.
+    let settings = ["--max-deliveries", "3", "--claim-idle-ms", "300"];
+    let mut worker = InProcessWorker::start(&app, &settings).await;
+    worker
+        .run_until_completed(&id, Duration::from_secs(120))
+        .await;
+    let status = app.wait_completed(&id, Duration::from_secs(5)).await;
     assert_eq!(status["counts"]["inserted"], 199, "{status}");
     assert_eq!(status["counts"]["rejected"], 1);
     assert_eq!(
@@ -286,7 +288,7 @@ async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backen
     assert!(line.starts_with("57,processing_failed,"), "{rejects}");
     assert!(line.contains("poisoned row"), "{line}");
     assert_eq!(app.pending().await, 0);
-    app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
+    app.cleanup().await;
 }
 
 rowpipe_testkit::on_databases!(a_poison_entry_is_dead_lettered_while_its_batch_goes_in: Sqlite, Postgres, MySql);
@@ -592,10 +594,25 @@ async fn an_upload_whose_last_batch_was_never_checked_is_completed(
     assert_eq!(before["counts"]["processed"], 400, "{before}");
     assert_ne!(before["status"], "completed", "{before}");
 
-    // A live consumer: it takes the unacknowledged entries over (stored
-    // already, so only replayed), or finds the upload done in its sweep.
-    let env = [("ROWPIPE_CLAIM_IDLE_MS", "500")];
-    let mut procs = vec![app.spawn_consumer(CONSUMER_BIN, &env)];
+    let mut procs = Vec::new();
+    match died {
+        // The entries are pending on the dead consumer: a live one takes
+        // them over (stored already, so only replayed), and its check after
+        // the commit completes the upload.
+        DiedAfter::Commit => {
+            let settings = ["--claim-idle-ms", "500"];
+            let mut worker = InProcessWorker::start(&app, &settings).await;
+            worker
+                .run_until_completed(&id, Duration::from_secs(60))
+                .await;
+        }
+        // Nothing is pending, so no batch will check again: a consumer
+        // process finds the upload done in its periodic sweep.
+        DiedAfter::Acknowledgement => {
+            let env = [("ROWPIPE_CLAIM_IDLE_MS", "500")];
+            procs.push(app.spawn_consumer(CONSUMER_BIN, &env));
+        }
+    }
     let status = app.wait_completed(&id, Duration::from_secs(60)).await;
     assert_every_row_counted_once(&status, 400);
     assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);

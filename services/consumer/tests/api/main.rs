@@ -1,8 +1,11 @@
 //! End-to-end tests: the upload service in-process on a random port, the
-//! real `rowpipe-consumer` binary as separate processes, real Redis and
-//! each real database. One binary, one module per concern.
+//! real `rowpipe-consumer` binary as separate processes (or, where a test is
+//! about batches rather than processes, a worker in the test's own process:
+//! [`in_process`]), real Redis and each real database. One binary, one
+//! module per concern.
 
 mod delivery;
+mod in_process;
 mod ledger;
 mod pipeline;
 mod reader;
