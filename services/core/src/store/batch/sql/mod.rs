@@ -55,12 +55,10 @@ pub(super) const RECORDED_ROWS: &str = "SELECT \"row_number\" AS rn FROM accepte
 
 /// The columns of a contacts insert, in bind order.
 fn contact_columns(dialect: Dialect) -> String {
-    let rn = if dialect == Dialect::MySql {
-        "`row_number`"
-    } else {
-        "\"row_number\""
-    };
-    format!("email, email_raw, name, attributes, upload_id, upload_seq, {rn}, created_at_ms")
+    format!(
+        "email, email_raw, name, attributes, upload_id, upload_seq, {}, created_at_ms",
+        dialect.row_number_col()
+    )
 }
 
 /// Step 3a as a multi-row `VALUES` list: insert `rows` contacts (8 binds
