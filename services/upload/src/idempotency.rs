@@ -53,7 +53,7 @@ impl Idempotency {
             && window_secs > 0
         {
             let since = rowpipe_core::now_ms() - (window_secs as i64) * 1000;
-            return store.upload_by_sha256(sha, since, "").await;
+            return store.upload_by_sha256(sha, since).await;
         }
         Ok(None)
     }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{Dialect, Store, StoreError};
 use crate::now_ms;
@@ -45,11 +45,6 @@ impl UploadStatus {
             "completed" => Self::Completed,
             _ => Self::Failed,
         }
-    }
-
-    /// Nothing more will happen to this upload.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed)
     }
 }
 
@@ -216,15 +211,13 @@ impl Store {
         &self,
         sha256: &str,
         since_ms: i64,
-        except_id: &str,
     ) -> Result<Option<UploadRecord>, StoreError> {
         let id: Option<String> = sqlx::query_scalar(self.q(
-            "SELECT id FROM uploads WHERE sha256 = ? AND created_at_ms >= ? AND id <> ? \
+            "SELECT id FROM uploads WHERE sha256 = ? AND created_at_ms >= ? \
              AND status <> 'failed' ORDER BY seq ASC LIMIT 1",
         ))
         .bind(sha256)
         .bind(since_ms)
-        .bind(except_id)
         .fetch_optional(&self.pool)
         .await?;
         match id {
@@ -254,20 +247,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         self.try_complete(id).await?;
-        Ok(())
-    }
-
-    /// Drop an upload record that never enqueued anything (e.g. a replay of
-    /// an earlier upload detected once its hash was known).
-    pub async fn delete_empty_upload(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            self.q("DELETE FROM uploads WHERE id = ? AND rows_enqueued = 0 \
-                 AND NOT EXISTS (SELECT 1 FROM upload_progress WHERE upload_id = ?)"),
-        )
-        .bind(id)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
@@ -346,15 +325,21 @@ impl Store {
         Ok(claimed > 0)
     }
 
+    /// `SELECT` of upload records (see [`upload_columns`]) from `uploads u`,
+    /// then `tail` (portable SQL).
+    fn select_uploads(&self, tail: &str) -> AssertSqlSafe<String> {
+        self.q(&format!(
+            "SELECT {} FROM uploads u {tail}",
+            upload_columns(self.dialect)
+        ))
+    }
+
     /// An upload's row with its live counts (no per-reason breakdown).
     async fn upload_record(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
-        let row = sqlx::query(self.q(&format!(
-            "SELECT {} FROM uploads u WHERE u.id = ?",
-            upload_columns(self.dialect)
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(self.select_uploads("WHERE u.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(record_from_row).transpose()?)
     }
 
@@ -380,13 +365,10 @@ impl Store {
 
     /// The most recent uploads, newest first.
     pub async fn list_uploads(&self, limit: i64) -> Result<Vec<UploadRecord>, StoreError> {
-        let rows = sqlx::query(self.q(&format!(
-            "SELECT {} FROM uploads u ORDER BY u.seq DESC LIMIT ?",
-            upload_columns(self.dialect)
-        )))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(self.select_uploads("ORDER BY u.seq DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| record_from_row(r).map_err(StoreError::from))
             .collect()
