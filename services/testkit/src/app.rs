@@ -135,8 +135,14 @@ async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<
 impl TestApp {
     /// POST a raw CSV body.
     pub async fn upload_csv(&self, body: Vec<u8>) -> reqwest::Response {
+        self.upload_csv_with("", body).await
+    }
+
+    /// POST a raw CSV body with upload options in `query` (e.g.
+    /// `?encoding=utf-8`).
+    pub async fn upload_csv_with(&self, query: &str, body: Vec<u8>) -> reqwest::Response {
         self.client
-            .post(format!("{}/v1/uploads", self.address))
+            .post(format!("{}/v1/uploads{query}", self.address))
             .bearer_auth(TOKEN)
             .header("content-type", "text/csv")
             .body(body)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rowpipe_testkit::{Backend, TOKEN, spawn_app};
+use rowpipe_testkit::{Backend, spawn_app};
 
 use crate::CONSUMER_BIN;
 
@@ -57,15 +57,7 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
     let app = spawn_app(backend).await;
     let (csv, expected) = mixed_file();
     let mut consumer = app.spawn_consumer(CONSUMER_BIN, &[]);
-    let resp = app
-        .client
-        .post(format!("{}/v1/uploads?encoding=utf-8", app.address))
-        .bearer_auth(TOKEN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .expect("upload");
+    let resp = app.upload_csv_with("?encoding=utf-8", csv).await;
     assert_eq!(resp.status().as_u16(), 202);
     let id = resp.json::<serde_json::Value>().await.expect("json")["upload_id"]
         .as_str()
