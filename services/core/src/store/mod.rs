@@ -11,6 +11,7 @@
 
 pub mod batch;
 mod dialect;
+mod error;
 pub mod uploads;
 
 use std::str::FromStr;
@@ -23,69 +24,8 @@ use crate::config::DatabaseConfig;
 
 pub use batch::BatchOutcome;
 pub use dialect::Dialect;
+pub use error::{StoreError, is_transient_sqlx};
 pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
-
-/// Errors at the database boundary.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("unsupported DATABASE_URL {0}: use postgres://, mysql:// or sqlite://")]
-    UnsupportedUrl(String),
-    #[error(
-        "the database schema is not migrated (found version {found:?}, expected {expected}); run `rowpipe migrate` first"
-    )]
-    SchemaNotReady { found: Option<i64>, expected: i64 },
-    #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    /// A ledger insert met the same (upload, row) stored by another
-    /// transaction since the batch looked: another consumer held a copy of
-    /// the entry. Retried by [`Store::apply_batch`]; seen by callers only
-    /// when that keeps happening.
-    #[error("a row of this batch was stored by another consumer at the same time: {0}")]
-    ConcurrentDelivery(sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
-impl StoreError {
-    /// True for errors that say nothing about the data: the database is
-    /// unreachable, overloaded, or a transaction lost a deadlock. Retrying the
-    /// same work later is the right answer.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Sqlx(e) => is_transient_sqlx(e),
-            _ => false,
-        }
-    }
-}
-
-/// See [`StoreError::is_transient`].
-pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            matches!(
-                code.as_str(),
-                // PostgreSQL: serialization failure, deadlock, admin shutdown,
-                // cannot connect now, too many connections.
-                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
-                // MySQL/MariaDB: lock wait timeout, deadlock (error numbers
-                // or the SQLSTATE sqlx reports for them).
-                | "1205" | "1213"
-                // SQLite: busy, locked.
-                | "5" | "6" | "517" | "262"
-            ) || db.message().contains("database is locked")
-                || db.message().contains("Deadlock found")
-                || db.message().contains("Lock wait timeout")
-        }
-        _ => false,
-    }
-}
 
 /// A connection pool plus the dialect it speaks.
 #[derive(Clone, Debug)]
