@@ -15,7 +15,7 @@ pub struct ToggleProxy {
 }
 
 impl ToggleProxy {
-    /// Forward 127.0.0.1:<random> to `target` (host:port).
+    /// Forward `127.0.0.1:<random port>` to `target` (host:port).
     pub async fn start(target: String) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
