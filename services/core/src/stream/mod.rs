@@ -1,5 +1,11 @@
-//! The Redis side of the pipeline: the entry format and the consumer-group
-//! operations both programs need.
+//! The Redis side of the pipeline.
+//!
+//! * [`entry`]: the on-the-wire format of one row.
+//! * this module: connections, and the group-wide operations both programs
+//!   need (create the group, measure its backlog, trim what it acknowledged).
+//! * [`group`]: one consumer's side of the group protocol (read, claim,
+//!   reclaim, acknowledge, leave).
+//! * [`reader`]: the consumer's own `XREADGROUP` connection and decoder.
 //!
 //! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
 //! hold a connection for the whole block, so they get a dedicated one
@@ -8,6 +14,7 @@
 //! short timeout.
 
 pub mod entry;
+pub mod group;
 pub mod reader;
 
 use std::time::Duration;
@@ -16,6 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncTypedCommands, IntoConnectionInfo};
 
 pub use entry::{EntryBody, EntryError, StreamEntry};
+pub use group::ConsumerGroup;
 
 /// Shared connection for non-blocking commands (XADD, XACK, XINFO…).
 pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
