@@ -8,6 +8,7 @@
 //! | [`ConsumerGroup::keep_claimed`] | `XCLAIM … JUSTID` | while a batch is in hand |
 //! | [`ConsumerGroup::reclaim`] | `XAUTOCLAIM` | on a reclaim turn, for entries of consumers that died |
 //! | [`ConsumerGroup::delivery_counts`] | `XPENDING … consumer` | for reclaimed entries and rows that keep failing |
+//! | [`ConsumerGroup::dead_letter`] | `XADD` to the dead-letter stream | an entry given up on ([`super::dead_letter`]) |
 //! | [`ConsumerGroup::leave`] | `XPENDING`, `XGROUP DELCONSUMER` | at shutdown, if nothing is pending |
 //!
 //! The group and the stream are created by [`super::ensure_group`] (both
@@ -28,6 +29,7 @@ use redis::streams::StreamAutoClaimOptions;
 use redis::{AsyncTypedCommands, RedisResult};
 
 use super::RawEntry;
+use super::dead_letter::DeadLetter;
 use super::reader::{GroupReader, ReadError, ReadGroup};
 
 /// The names that identify a member: its stream, group and consumer.
@@ -223,6 +225,14 @@ impl ConsumerGroup {
             .xack(&self.member.stream, &self.member.group, ids)
             .await
             .map(drop)
+    }
+
+    /// Write `letter` to the dead-letter stream `stream`, signed with this
+    /// consumer's name.
+    pub async fn dead_letter(&mut self, stream: &str, letter: &DeadLetter<'_>) -> RedisResult<()> {
+        letter
+            .write(&mut self.con, stream, &self.member.consumer)
+            .await
     }
 
     /// Leave the group if nothing is pending on this consumer (what is

@@ -6,6 +6,7 @@
 //! * [`group`]: one consumer's side of the group protocol (read, claim,
 //!   reclaim, acknowledge, leave).
 //! * [`reader`]: the consumer's own `XREADGROUP` connection and decoder.
+//! * [`dead_letter`]: the format of the dead-letter stream.
 //!
 //! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
 //! hold a connection for the whole block, so they get a dedicated one
@@ -13,6 +14,7 @@
 //! everything else shares an auto-reconnecting [`ConnectionManager`] with a
 //! short timeout.
 
+pub mod dead_letter;
 pub mod entry;
 pub mod group;
 pub mod reader;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncTypedCommands, IntoConnectionInfo};
 
+pub use dead_letter::DeadLetter;
 pub use entry::{EntryBody, EntryError, StreamEntry};
 pub use group::ConsumerGroup;
 
