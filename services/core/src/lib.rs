@@ -22,8 +22,11 @@
 //! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format,
 //!   the consumer-group operations both programs need, and the consumer's
 //!   own `XREADGROUP` reader ([`stream::reader`]).
-//! * [`store`]: the database side: migrations, upload records, the batch
-//!   insert with each dialect's conflict rule.
+//! * [`store`]: the database side: the [`store::Store`] pool and its
+//!   migrations, [`store::Dialect`] (placeholders, quoting),
+//!   [`store::StoreError`] with which errors are transient, upload records
+//!   ([`store::uploads`]), and the batch insert ([`store::batch`]: the
+//!   algorithm, its encoding, and each dialect's statements in its own file).
 //! * [`telemetry`]: logs, OpenTelemetry traces and Prometheus metrics set-up.
 //! * [`shutdown`]: the SIGTERM/SIGINT future threaded through every task.
 
