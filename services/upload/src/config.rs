@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
 
+use crate::intake::Limits;
+
 /// rowpipe-upload: streams uploaded CSV files row by row into a Redis Stream.
 #[derive(Parser, Clone, Debug)]
 #[command(name = "rowpipe-upload", version, about)]
@@ -39,15 +41,15 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// Longest field accepted, in bytes (the row is rejected beyond it).
-    #[arg(long, env = "ROWPIPE_MAX_FIELD_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "ROWPIPE_MAX_FIELD_BYTES", default_value_t = Limits::DEFAULT.max_field_bytes)]
     pub max_field_bytes: usize,
 
     /// Most columns accepted in a row.
-    #[arg(long, env = "ROWPIPE_MAX_COLUMNS", default_value_t = 512)]
+    #[arg(long, env = "ROWPIPE_MAX_COLUMNS", default_value_t = Limits::DEFAULT.max_columns)]
     pub max_columns: usize,
 
     /// Longest row accepted, in bytes.
-    #[arg(long, env = "ROWPIPE_MAX_ROW_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "ROWPIPE_MAX_ROW_BYTES", default_value_t = Limits::DEFAULT.max_row_bytes)]
     pub max_row_bytes: usize,
 
     /// Most entries in the stream (waiting, in flight, or acknowledged and not

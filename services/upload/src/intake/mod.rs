@@ -27,13 +27,19 @@ pub struct Limits {
     pub max_row_bytes: usize,
 }
 
+impl Limits {
+    /// The defaults of `ROWPIPE_MAX_FIELD_BYTES`, `ROWPIPE_MAX_COLUMNS` and
+    /// `ROWPIPE_MAX_ROW_BYTES` (the configuration takes them from here).
+    pub const DEFAULT: Self = Self {
+        max_field_bytes: 64 * 1024,
+        max_columns: 512,
+        max_row_bytes: 1024 * 1024,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_field_bytes: 64 * 1024,
-            max_columns: 512,
-            max_row_bytes: 1024 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
