@@ -1,0 +1,227 @@
+//! One consumer-group member: read a batch, judge it, store it in one
+//! transaction, acknowledge it.
+//!
+//! Delivery is at-least-once (`XACK` only after the commit) and the effect is
+//! exactly-once (the store passes over rows it already recorded). Failures are
+//! sorted into three kinds:
+//!
+//! * the database is unreachable or a transaction lost a deadlock: retry the
+//!   same batch with exponential backoff and jitter, acknowledge nothing,
+//!   report not-ready;
+//! * the batch fails for a data reason: retry its rows one at a time so a
+//!   single bad entry cannot block the others;
+//! * an entry keeps failing (or cannot be decoded at all): after
+//!   `max_deliveries` it goes to the dead-letter stream and the reject ledger
+//!   (`processing_failed`), and is acknowledged; unless an earlier delivery
+//!   stored it after all (its consumer died before `XACK`), then it is only
+//!   acknowledged.
+//!
+//! Entries pending on a consumer longer than `claim_idle` are taken over by
+//! another one (`XAUTOCLAIM`, one worker per process at a time: see
+//! [`crate::reclaim`]), as if their consumer had died. So that a live
+//! consumer's slow batch (lock waits, a database outage being waited out) is
+//! not taken over, stored twice and counted as delivered again each time,
+//! the worker renews its claim on the batch in hand while it works on it.
+//!
+//! What is said to Redis is [`rowpipe_core::stream::ConsumerGroup`]'s; this
+//! module decides when. Its parts:
+//!
+//! * this file: the loop, reading a batch and reclaim turns;
+//! * [`batch`]: one batch from delivery to report (judging, tracing,
+//!   holding the claim, what a commit leads to);
+//! * [`retry`]: storing rows with the retry rules, and acknowledging;
+//! * [`failed`]: entries given up on (the reject ledger, the dead-letter
+//!   stream);
+//! * [`health`]: what readiness reports.
+//!
+//! Tests drive a worker one batch at a time with [`Worker::run_once`].
+
+mod batch;
+mod failed;
+mod health;
+mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::store::Store;
+use rowpipe_core::stream::ConsumerGroup;
+use rowpipe_core::stream::reader::GroupReader;
+
+use crate::config::Config;
+use crate::reclaim::ReclaimTurns;
+use batch::Delivered;
+
+pub use health::Health;
+
+/// What one batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub entries: usize,
+    pub acknowledged: usize,
+    pub replayed: u64,
+    pub dead_lettered: usize,
+    /// Entries left pending (to be retried or reclaimed).
+    pub left_pending: usize,
+    pub completed_uploads: Vec<String>,
+}
+
+/// A group member.
+pub struct Worker {
+    config: Arc<Config>,
+    store: Store,
+    group: ConsumerGroup,
+    health: Arc<Health>,
+    seq_cache: HashMap<String, i64>,
+    reclaim_turns: Arc<ReclaimTurns>,
+}
+
+const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
+
+impl Worker {
+    pub async fn new(
+        name: String,
+        config: Arc<Config>,
+        store: Store,
+        redis: ConnectionManager,
+        health: Arc<Health>,
+        reclaim_turns: Arc<ReclaimTurns>,
+    ) -> anyhow::Result<Self> {
+        let reader = GroupReader::connect(
+            &config.stream.redis_url,
+            FIRST_READ_BLOCK.max(config.batch_timeout()),
+        )
+        .await?;
+        let group = ConsumerGroup::new(
+            redis,
+            reader,
+            config.stream.stream.clone(),
+            config.stream.group.clone(),
+            name,
+        );
+        Ok(Self {
+            config,
+            store,
+            group,
+            health,
+            seq_cache: HashMap::new(),
+            reclaim_turns,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.group.consumer()
+    }
+
+    /// Read one batch (waiting up to about a second for its first entry) and
+    /// process it. `Ok(None)` when nothing arrived.
+    pub async fn run_once(&mut self, shutdown: &Shutdown) -> anyhow::Result<Option<BatchReport>> {
+        if let Some(start) = self.reclaim_turns.take() {
+            let claimed = match self.reclaim(&start).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // The turn did nothing: the next worker (after the run
+                    // loop's backoff) tries again instead of a whole interval later.
+                    self.reclaim_turns.again();
+                    return Err(e.into());
+                }
+            };
+            if !claimed.is_empty() {
+                return Ok(Some(self.process(claimed, shutdown, true).await?));
+            }
+        }
+        let delivered = self.read_batch().await?;
+        if delivered.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.process(delivered, shutdown, false).await?))
+    }
+
+    /// Up to `batch_size` entries: flushed when full or `batch_timeout` after
+    /// the first one arrived.
+    async fn read_batch(&mut self) -> anyhow::Result<Vec<Delivered>> {
+        let size = self.config.batch_size;
+        let mut ids = self.group.read(size, FIRST_READ_BLOCK).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let timeout = self.config.batch_timeout();
+        while ids.len() < size {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.group.read(size - ids.len(), left).await?;
+            if more.is_empty() {
+                break;
+            }
+            ids.extend(more);
+        }
+        Ok(ids.into_iter().map(Delivered::from_raw).collect())
+    }
+
+    /// One turn's scan, from `start`, for entries left pending by consumers
+    /// that died (see [`crate::reclaim`]); entries delivered too often go
+    /// straight to the dead-letter stream.
+    async fn reclaim(&mut self, start: &str) -> redis::RedisResult<Vec<Delivered>> {
+        let batch_size = self.config.batch_size;
+        let reclaimed = self
+            .group
+            .reclaim(self.config.claim_idle(), start, batch_size)
+            .await?;
+        let count = reclaimed.entries.len();
+        self.reclaim_turns
+            .finish(&reclaimed.next, count >= batch_size);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        metrics::counter!("rowpipe_consumer_reclaimed_total").increment(count as u64);
+        tracing::info!(count, "reclaimed entries from idle consumers");
+        Ok(reclaimed
+            .entries
+            .into_iter()
+            .map(Delivered::from_raw)
+            .collect())
+    }
+
+    /// Run until shutdown; the batch in hand is finished first.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let mut delay = Duration::from_millis(100);
+        while !shutdown.is_requested() {
+            match self.run_once(&shutdown).await {
+                Ok(_) => {
+                    self.health.set_redis(true);
+                    delay = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    metrics::counter!("rowpipe_redis_errors_total", "program" => "consumer")
+                        .increment(1);
+                    self.health.set_redis(false);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "consumer loop error");
+                    let mut s = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {},
+                        _ = s.requested() => {},
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Leave the group if nothing is pending on this consumer.
+    pub async fn leave(&mut self) {
+        match self.group.leave().await {
+            Ok(true) => tracing::info!(consumer = %self.name(), "left the consumer group"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(consumer = %self.name(), error = %e, "could not leave the consumer group")
+            }
+        }
+    }
+}
