@@ -14,7 +14,7 @@ use rowpipe_core::verdict::{JudgedRow, judge};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{BatchReport, Worker};
+use super::{BatchReport, Worker, WorkerError};
 
 /// One entry as delivered.
 pub(super) struct Delivered {
@@ -83,7 +83,7 @@ impl Worker {
         delivered: Vec<Delivered>,
         shutdown: &Shutdown,
         reclaimed: bool,
-    ) -> anyhow::Result<BatchReport> {
+    ) -> Result<BatchReport, WorkerError> {
         let mut report = BatchReport {
             entries: delivered.len(),
             ..Default::default()

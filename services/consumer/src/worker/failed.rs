@@ -11,7 +11,7 @@ use rowpipe_core::validate::RejectReason;
 use rowpipe_core::verdict::{JudgedRow, RowVerdict, judge};
 
 use super::batch::Delivered;
-use super::{BatchReport, Worker};
+use super::{BatchReport, Worker, WorkerError};
 
 impl Worker {
     /// Record a row that kept failing as rejected (`processing_failed`),
@@ -22,7 +22,7 @@ impl Worker {
         row: JudgedRow,
         error: &str,
         report: &mut BatchReport,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WorkerError> {
         if self.store.holds_row(&row).await? {
             return self.ack_stored(id, report).await;
         }
@@ -59,7 +59,7 @@ impl Worker {
     }
 
     /// Acknowledge an entry that an earlier delivery stored.
-    async fn ack_stored(&mut self, id: &str, report: &mut BatchReport) -> anyhow::Result<()> {
+    async fn ack_stored(&mut self, id: &str, report: &mut BatchReport) -> Result<(), WorkerError> {
         self.ack(&[id.to_string()]).await?;
         tracing::info!(entry = %id, "entry delivered too often was stored by an earlier delivery; acknowledged");
         report.replayed += 1;
@@ -74,7 +74,7 @@ impl Worker {
         d: Delivered,
         why: &str,
         report: &mut BatchReport,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WorkerError> {
         if let Ok(entry) = d.entry {
             let seq = self.upload_seq_of(&entry).unwrap_or(i64::MAX / 2);
             let row = judge(entry, seq, self.config.policy());
@@ -95,7 +95,7 @@ impl Worker {
         &mut self,
         letter: &DeadLetter<'_>,
         report: &mut BatchReport,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WorkerError> {
         let stream = self.config.stream.dead_letter_stream();
         self.group.dead_letter(&stream, letter).await?;
         self.ack(&[letter.source_id.to_string()]).await?;

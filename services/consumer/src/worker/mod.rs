@@ -32,11 +32,12 @@
 //! * [`retry`]: storing rows with the retry rules, and acknowledging;
 //! * [`failed`]: entries given up on (the reject ledger, the dead-letter
 //!   stream);
-//! * [`health`]: what readiness reports.
+//! * [`error`] and [`health`]: which dependency a failure is blamed on.
 //!
 //! Tests drive a worker one batch at a time with [`Worker::run_once`].
 
 mod batch;
+mod error;
 mod failed;
 mod health;
 mod retry;
@@ -55,6 +56,7 @@ use crate::config::Config;
 use crate::reclaim::ReclaimTurns;
 use batch::Delivered;
 
+pub use error::{Dependency, WorkerError};
 pub use health::Health;
 
 /// What one batch did.
@@ -118,7 +120,10 @@ impl Worker {
 
     /// Read one batch (waiting up to about a second for its first entry) and
     /// process it. `Ok(None)` when nothing arrived.
-    pub async fn run_once(&mut self, shutdown: &Shutdown) -> anyhow::Result<Option<BatchReport>> {
+    pub async fn run_once(
+        &mut self,
+        shutdown: &Shutdown,
+    ) -> Result<Option<BatchReport>, WorkerError> {
         if let Some(start) = self.reclaim_turns.take() {
             let claimed = match self.reclaim(&start).await {
                 Ok(claimed) => claimed,
@@ -142,7 +147,7 @@ impl Worker {
 
     /// Up to `batch_size` entries: flushed when full or `batch_timeout` after
     /// the first one arrived.
-    async fn read_batch(&mut self) -> anyhow::Result<Vec<Delivered>> {
+    async fn read_batch(&mut self) -> Result<Vec<Delivered>, WorkerError> {
         let size = self.config.batch_size;
         let mut ids = self.group.read(size, FIRST_READ_BLOCK).await?;
         if ids.is_empty() {
@@ -191,17 +196,23 @@ impl Worker {
     /// Run until shutdown; the batch in hand is finished first.
     pub async fn run(mut self, shutdown: Shutdown) {
         let mut delay = Duration::from_millis(100);
+        // This loop marked the database not ready, and nothing has shown it
+        // reachable since.
+        let mut database_blamed = false;
         while !shutdown.is_requested() {
             match self.run_once(&shutdown).await {
                 Ok(_) => {
+                    // Every turn reads or claims: Redis answered.
                     self.health.set_redis(true);
+                    if database_blamed {
+                        database_blamed = !self.database_answers().await;
+                    }
                     delay = Duration::from_millis(100);
                 }
                 Err(e) => {
-                    metrics::counter!("rowpipe_redis_errors_total", "program" => "consumer")
-                        .increment(1);
-                    self.health.set_redis(false);
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "consumer loop error");
+                    self.health.blame(&e);
+                    database_blamed |= e.dependency() == Dependency::Database;
+                    tracing::warn!(error = %e, dependency = ?e.dependency(), retry_in_ms = delay.as_millis() as u64, "consumer loop error");
                     let mut s = shutdown.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {},
@@ -212,6 +223,17 @@ impl Worker {
             }
         }
         self.leave().await;
+    }
+
+    /// Whether the database answers, marking it ready if so. A turn that
+    /// went well need not have touched it (nothing arrived), so it is asked;
+    /// a batch's commit marks it ready as well (see [`retry`]).
+    async fn database_answers(&self) -> bool {
+        let answers = self.store.ping().await.is_ok();
+        if answers {
+            self.health.set_db(true);
+        }
+        answers
     }
 
     /// Leave the group if nothing is pending on this consumer.

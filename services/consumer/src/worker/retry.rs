@@ -13,7 +13,7 @@ use rowpipe_core::store::{BatchOutcome, StoreError};
 use rowpipe_core::verdict::JudgedRow;
 use tracing::Instrument;
 
-use super::{BatchReport, Worker};
+use super::{BatchReport, Worker, WorkerError};
 
 impl Worker {
     /// Store rows with the retry rules from the module docs, then acknowledge.
@@ -24,7 +24,7 @@ impl Worker {
         rows: Vec<JudgedRow>,
         shutdown: &Shutdown,
         report: &mut BatchReport,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WorkerError> {
         if rows.is_empty() {
             return Ok(());
         }
