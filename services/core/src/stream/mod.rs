@@ -22,7 +22,7 @@ pub mod reader;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncTypedCommands, IntoConnectionInfo};
+use redis::{AsyncTypedCommands, ErrorKind, IntoConnectionInfo, ServerErrorKind};
 
 pub use dead_letter::DeadLetter;
 pub use entry::{EntryBody, EntryError, StreamEntry};
@@ -104,7 +104,9 @@ pub async fn backlog(
     let length = con.xlen(stream).await? as u64;
     let groups = match con.xinfo_groups(stream).await {
         Ok(g) => g.groups,
-        Err(e) if e.to_string().contains("no such key") => Vec::new(),
+        // `ERR no such key`: a missing stream is the only generic error
+        // `XINFO GROUPS` replies with (a key of another type is `WRONGTYPE`).
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => Vec::new(),
         Err(e) => return Err(e),
     };
     let Some(info) = groups.into_iter().find(|g| g.name == group) else {

@@ -49,14 +49,20 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// The error code of an error reply: its first word (`NOGROUP`, `ERR`,
+    /// `WRONGPASS`…), as redis-rs reads it.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ReadError::Server(m) => m.split_whitespace().next(),
+            ReadError::Client(e) => e.code(),
+            _ => None,
+        }
+    }
+
     /// The stream or the group does not exist (e.g. a Redis without
     /// persistence restarted).
     pub fn is_no_group(&self) -> bool {
-        match self {
-            ReadError::Server(m) => m.starts_with("NOGROUP"),
-            ReadError::Client(e) => e.code() == Some("NOGROUP"),
-            _ => false,
-        }
+        self.code() == Some("NOGROUP")
     }
 }
 
