@@ -8,8 +8,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::services::{admin_url, with_database};
-
 /// The three supported databases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -95,4 +93,36 @@ async fn connect_admin(url: &str) -> anyhow::Result<sqlx::AnyConnection> {
             rowpipe_core::config::redact(url)
         )
     })
+}
+
+/// The server-level URL test databases are created through (empty for
+/// SQLite, which needs no server).
+pub(crate) fn admin_url(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => std::env::var("ROWPIPE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        Backend::MySql => std::env::var("ROWPIPE_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+        Backend::Sqlite => String::new(),
+    }
+}
+
+/// `url` with its database path replaced by `db`, query parameters (e.g.
+/// `sslmode`) kept.
+pub(crate) fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
