@@ -5,7 +5,12 @@
 //!
 //! * [`config`]: the environment contract (batching, reclaiming, dead letters).
 //! * [`startup`]: [`startup::Application::build`] then `run_until_stopped`.
-//! * [`worker`]: read → judge → store → acknowledge, with the retry rules.
+//! * [`worker`]: read → judge → store → acknowledge, with the retry rules:
+//!   the loop and reading (`worker/mod.rs`), one batch from delivery to
+//!   report (`batch.rs`), storing with retries and acknowledging
+//!   (`retry.rs`), entries given up on (`failed.rs`), and which dependency a
+//!   failure is blamed on (`error.rs`, `health.rs`). What the worker says to
+//!   Redis is `rowpipe_core::stream::ConsumerGroup`'s.
 //! * [`completion`]: marking uploads completed, after each batch and by a sweep.
 //! * [`reclaim`]: which worker's turn it is to take over entries dead consumers left pending.
 //! * [`maintenance`]: gauges, trimming acknowledged entries, forgetting dead consumers.

@@ -1,12 +1,12 @@
 //! Whose turn it is to take over entries that dead consumers left pending.
 //!
 //! `XAUTOCLAIM` scans the group's pending list, up to ten times COUNT
-//! entries per call (about 9 ms on the benchmark's busy stream), and Redis
-//! runs nothing else meanwhile. When every worker of a process called it on
-//! its own timer, each process paid that once per worker per interval and
-//! found nothing the first call had not already taken. The workers of a
-//! process now share one [`ReclaimTurns`]: the first worker to find the
-//! interval over takes the turn.
+//! entries per call, and Redis runs nothing else meanwhile: on a busy stream
+//! each call is expensive for every client of that Redis. Every worker of a
+//! process calling it on its own timer would pay that once per worker per
+//! interval, and all but the first call would find nothing left to take. So
+//! the workers of a process share one [`ReclaimTurns`]: the first worker to
+//! find the interval over takes the turn.
 //!
 //! The turns also keep the scan's cursor. A call that stops before the end
 //! of the pending list (it returns where to go on) or that claims a full

@@ -19,9 +19,12 @@
 //! * [`verdict`]: the verdict on a row ([`verdict::RowVerdict`],
 //!   [`verdict::JudgedRow`]) and [`verdict::judge`], which reaches it from a
 //!   stream entry.
-//! * [`stream`]: the Redis side: the on-the-wire [`stream::StreamEntry`] format,
-//!   the consumer-group operations both programs need, and the consumer's
-//!   own `XREADGROUP` reader ([`stream::reader`]).
+//! * [`stream`]: the Redis side: connections and the group-wide operations
+//!   both programs need (`stream/mod.rs`), the on-the-wire
+//!   [`stream::StreamEntry`] format ([`stream::entry`]), one consumer's side
+//!   of the group protocol ([`stream::group`]: read, claim, reclaim,
+//!   acknowledge, leave), the dead-letter format ([`stream::dead_letter`]),
+//!   and the consumer's own `XREADGROUP` reader ([`stream::reader`]).
 //! * [`store`]: the database side: the [`store::Store`] pool and its
 //!   migrations, [`store::Dialect`] (placeholders, quoting),
 //!   [`store::StoreError`] with which errors are transient, upload records
