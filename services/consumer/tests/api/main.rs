@@ -8,6 +8,7 @@ mod delivery;
 mod in_process;
 mod ledger;
 mod pipeline;
+mod queue_loss;
 mod reader;
 mod startup;
 mod validation;

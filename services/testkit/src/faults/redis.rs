@@ -90,6 +90,19 @@ impl OwnRedis {
         }
         self.spawn().await
     }
+
+    /// Kill the server and start it again on the same port with nothing:
+    /// what a primary without persistence, or a failover to a replica that
+    /// had none of the writes, looks like to its clients.
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+        std::fs::remove_dir_all(&self.dir)?;
+        std::fs::create_dir_all(&self.dir)?;
+        self.spawn().await
+    }
 }
 
 impl Drop for OwnRedis {
