@@ -20,8 +20,10 @@ pub struct RowFields {
 
 impl RowFields {
     /// The row as one flat JSON object, `{"email": …, "name": …, <column>:
-    /// …}`: the one shape in which rowpipe hands a row's fields back (reject
-    /// ledger, dead letters, exports).
+    /// …}`: the shape in which rowpipe hands a parsed row's fields back
+    /// (reject ledger, dead letters, exports). A row the upload service
+    /// rejected for its shape never became `RowFields`; its raw values
+    /// travel as a JSON array instead.
     pub fn as_written_json(&self) -> String {
         let mut obj = serde_json::Map::new();
         if let Some(e) = &self.email {

@@ -37,9 +37,10 @@ pub enum RowVerdict {
 }
 
 impl RowVerdict {
-    /// The row's fields as JSON, in the one shape every ledger and dead
-    /// letter uses ([`RowFields::as_written_json`]): the fields as written
-    /// for a reject, the fields as they would be stored for an accepted row.
+    /// The row's fields as JSON for the reject ledger and dead letters: a
+    /// reject's fields as written, and an accepted row's fields as they
+    /// would be stored, in the same flat shape
+    /// ([`RowFields::as_written_json`]).
     pub fn fields_json(&self) -> String {
         match self {
             RowVerdict::Reject { fields, .. } => fields.clone(),

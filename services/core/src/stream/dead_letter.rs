@@ -6,13 +6,14 @@
 //! | `source_id` | the entry's id in the main stream |
 //! | `error` | why it was given up on |
 //! | `upload_id`, `row_number` | the row it carried (decoded entries) |
-//! | `fields` | the row's fields as written, a JSON array (decoded entries) |
+//! | `fields` | the row's fields as JSON (decoded entries): an object by column ([`crate::row::RowFields::as_written_json`]), or, for a row the upload service rejected for its shape, the array of its raw values |
 //! | the entry's own fields | as they came (entries that could not be decoded) |
 //! | `dead_lettered_by` | the consumer that gave up |
 //!
 //! The stream's key is [`crate::config::StreamConfig::dead_letter_stream`].
-//! An undecodable entry's own fields come first, as `XRANGE` on the main
-//! stream would have shown them.
+//! An undecodable entry's own fields come first, in the order the read
+//! returned them (sorted by name when the entry came back through
+//! `XAUTOCLAIM`).
 
 use std::borrow::Cow;
 
@@ -33,7 +34,7 @@ pub enum Subject<'a> {
     Row {
         upload_id: &'a str,
         row_number: i64,
-        /// The row's fields as written, as a JSON array.
+        /// The row's fields as JSON (see the table above).
         fields: &'a str,
     },
     /// An entry that did not decode: its fields as they came.

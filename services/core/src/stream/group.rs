@@ -16,8 +16,8 @@
 //! vanished from under a running consumer.
 //!
 //! What to do with the replies (when to retry, when to give up, what to
-//! count) is the consumer's business, not this module's: every call here is
-//! one round trip, and its error is the Redis error as it came.
+//! count) is the consumer's business, not this module's: each call sends
+//! the commands the table names, and its error is the one Redis gave.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -174,17 +174,6 @@ impl ConsumerGroup {
             .into_iter()
             .map(|p| (p.id, p.times_delivered))
             .collect())
-    }
-
-    /// Reset the idle time of `ids` (those idle at least `min_idle`), so
-    /// that no other consumer reclaims them; returns the ids renewed.
-    /// `JUSTID` leaves their delivery counts alone.
-    pub async fn renew_claims(
-        &mut self,
-        ids: &[String],
-        min_idle: Duration,
-    ) -> RedisResult<Vec<String>> {
-        self.member.renew(&mut self.con, ids, min_idle).await
     }
 
     /// Renew this consumer's claim on `ids` every `period` until dropped.
