@@ -1,10 +1,16 @@
 //! Upload records: what was received, and what became of its rows.
 //!
 //! Life cycle: `receiving` (the body is being read) → `queued` (every row is
-//! in the stream) → `processing` (consumers are on it) → `completed`; or
-//! `failed` if the body could not be read to the end. The counts obey
-//! `rows_read = rows_inserted + rows_duplicate + rows_rejected` once an upload
-//! is completed.
+//! in the stream) → `processing` (consumers are on it) → `completed`.
+//! Two ends are not the file's fault and can be resumed by a POST of the
+//! same file with the same `Idempotency-Key`: `interrupted` (the body was
+//! not read to its end because of the service: its instance died, its
+//! client's connection dropped, Redis or the database failed) and
+//! `incomplete` (rows that reached the stream vanished from it before they
+//! were processed, e.g. a Redis that came back empty). `failed` is for the
+//! file or the request only (no email column, over the body limit) and is
+//! final. The counts obey `rows_read = rows_inserted + rows_duplicate +
+//! rows_rejected` once an upload is completed.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +30,8 @@ pub enum UploadStatus {
     Processing,
     Completed,
     Failed,
+    Interrupted,
+    Incomplete,
 }
 
 impl UploadStatus {
@@ -34,6 +42,8 @@ impl UploadStatus {
             Self::Processing => "processing",
             Self::Completed => "completed",
             Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+            Self::Incomplete => "incomplete",
         }
     }
 
@@ -43,6 +53,8 @@ impl UploadStatus {
             "queued" => Self::Queued,
             "processing" => Self::Processing,
             "completed" => Self::Completed,
+            "interrupted" => Self::Interrupted,
+            "incomplete" => Self::Incomplete,
             _ => Self::Failed,
         }
     }
@@ -65,6 +77,9 @@ pub struct UploadCounts {
     pub inserted: i64,
     pub duplicates: i64,
     pub rejected: i64,
+    /// Rows that reached the stream and were lost before being processed
+    /// (an `incomplete` or `interrupted` upload; see `missing_rows`).
+    pub missing: i64,
     /// Rejected rows by reason code.
     pub rejected_by_reason: BTreeMap<String, i64>,
 }
@@ -82,6 +97,11 @@ pub struct UploadRecord {
     pub delimiter: Option<String>,
     pub error: Option<String>,
     pub counts: UploadCounts,
+    /// The row numbers counted in `counts.missing`, as inclusive ranges
+    /// `[first, last]` in file order.
+    pub missing_rows: Vec<[i64; 2]>,
+    /// POSTs of this upload: 1, plus one per resume.
+    pub attempts: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub completed_at_ms: Option<i64>,
@@ -105,7 +125,8 @@ fn upload_columns(dialect: Dialect) -> String {
         "u.seq, u.id, u.status, u.file_name, u.size_bytes, u.sha256, u.encoding, u.delimiter, u.error, \
          u.rows_read, u.rows_enqueued, {}, {}, {}, \
          (SELECT MAX(p.updated_at_ms) FROM upload_progress p WHERE p.upload_id = u.id) AS progress_at_ms, \
-         u.created_at_ms, u.updated_at_ms, u.completed_at_ms",
+         u.created_at_ms, u.updated_at_ms, u.completed_at_ms, \
+         u.rows_missing, u.missing_rows, u.attempts",
         sum("rows_processed"),
         sum("rows_inserted"),
         sum("rows_rejected"),
@@ -130,8 +151,14 @@ fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
             inserted: row.try_get("rows_inserted")?,
             duplicates: 0,
             rejected: row.try_get("rows_rejected")?,
+            missing: row.try_get("rows_missing")?,
             rejected_by_reason: BTreeMap::new(),
         },
+        missing_rows: row
+            .try_get::<Option<String>, _>("missing_rows")?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
+        attempts: row.try_get::<i64, _>("attempts")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get::<i64, _>("updated_at_ms")?.max(
             row.try_get::<Option<i64>, _>("progress_at_ms")?
