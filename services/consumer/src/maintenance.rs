@@ -1,4 +1,5 @@
-//! Periodic housekeeping, one task per process: sample the stream gauges,
+//! Periodic housekeeping, one task per process: put the group back if Redis
+//! lost it, sample the stream gauges,
 //! trim what every group has acknowledged, forget consumers that left
 //! without saying goodbye (nothing pending, idle for a long time), and sweep
 //! the open uploads for any that are done (see [`crate::completion`]).
@@ -20,6 +21,9 @@ pub async fn tick(
     stream_key: &str,
     group: &str,
 ) -> redis::RedisResult<()> {
+    // A Redis that lost the queue is healed here too, within one period,
+    // whatever the workers are doing (BUSYGROUP, the usual answer, is free).
+    stream::ensure_group(con, stream_key, group).await?;
     let backlog = stream::backlog(con, stream_key, group).await?;
     let labels = [
         ("stream", stream_key.to_string()),

@@ -29,6 +29,17 @@ pub enum Dependency {
 }
 
 impl WorkerError {
+    /// Redis said the stream or the group does not exist (`NOGROUP`): the
+    /// queue was lost (a Redis restarted empty, a failover, a `FLUSHALL`)
+    /// and the group has to be created again before anything else works.
+    pub fn is_no_group(&self) -> bool {
+        match self {
+            WorkerError::Read(e) => e.is_no_group(),
+            WorkerError::Redis(e) => e.code() == Some("NOGROUP"),
+            WorkerError::Database(_) => false,
+        }
+    }
+
     pub fn dependency(&self) -> Dependency {
         match self {
             WorkerError::Read(_) | WorkerError::Redis(_) => Dependency::Redis,

@@ -120,10 +120,30 @@ impl Worker {
 
     /// Read one batch (waiting up to about a second for its first entry) and
     /// process it. `Ok(None)` when nothing arrived.
+    ///
+    /// A turn that meets a missing stream or group (`NOGROUP`, from any of
+    /// its commands) creates the group again at `0` and comes back empty:
+    /// the next turn finds the group. Healing here rather than in one
+    /// command's wrapper matters because a reclaim turn that fails is due
+    /// again at once, so a worker whose reclaim keeps failing would never
+    /// reach a read that could heal.
     pub async fn run_once(
         &mut self,
         shutdown: &Shutdown,
     ) -> Result<Option<BatchReport>, WorkerError> {
+        match self.turn(shutdown).await {
+            Err(e) if e.is_no_group() => {
+                tracing::warn!(error = %e, "consumer group missing; recreating it");
+                self.group.create().await?;
+                metrics::counter!("rowpipe_consumer_group_recreated_total").increment(1);
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// One turn: a reclaim turn if due, else a read; then the batch.
+    async fn turn(&mut self, shutdown: &Shutdown) -> Result<Option<BatchReport>, WorkerError> {
         if let Some(start) = self.reclaim_turns.take() {
             let claimed = match self.reclaim(&start).await {
                 Ok(claimed) => claimed,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rowpipe_consumer::config::Config;
 use rowpipe_consumer::reclaim::ReclaimTurns;
-use rowpipe_consumer::worker::{BatchReport, Health, Worker};
+use rowpipe_consumer::worker::{BatchReport, Health, Worker, WorkerError};
 use rowpipe_core::shutdown::{self, Shutdown, ShutdownTrigger};
 use rowpipe_testkit::TestApp;
 
@@ -63,6 +63,11 @@ impl InProcessWorker {
             shutdown,
             _trigger: trigger,
         }
+    }
+
+    /// One turn of the worker ([`Worker::run_once`]), its result as it came.
+    pub async fn turn(&mut self) -> Result<Option<BatchReport>, WorkerError> {
+        self.worker.run_once(&self.shutdown).await
     }
 
     /// Run batches until one completes `upload` (its completion check after

@@ -12,8 +12,10 @@
 //! | [`ConsumerGroup::leave`] | `XPENDING`, `XGROUP DELCONSUMER` | at shutdown, if nothing is pending |
 //!
 //! The group and the stream are created by [`super::ensure_group`] (both
-//! programs need that), and again by [`ConsumerGroup::read`] when they
-//! vanished from under a running consumer.
+//! programs need that), and again when they vanished from under a running
+//! consumer: by [`ConsumerGroup::read`] and [`ConsumerGroup::keep_claimed`]
+//! themselves, and by [`ConsumerGroup::create`] for the consumer's loop,
+//! which heals whatever command of a turn met `NOGROUP`.
 //!
 //! What to do with the replies (when to retry, when to give up, what to
 //! count) is the consumer's business, not this module's: each call sends
@@ -199,6 +201,19 @@ impl ConsumerGroup {
                             renewed = renewed.len(),
                             "claim on the batch in hand renewed"
                         )
+                    }
+                    // The group vanished under the batch: put it back now,
+                    // so the members' next reads find it (what the batch
+                    // held is gone with the old group).
+                    Err(e) if e.code() == Some("NOGROUP") => {
+                        tracing::warn!(
+                            "consumer group missing while renewing a claim; recreating it"
+                        );
+                        if let Err(e) =
+                            super::ensure_group(&mut con, &member.stream, &member.group).await
+                        {
+                            tracing::warn!(error = %e, "could not recreate the consumer group");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not renew the claim on the batch in hand")
