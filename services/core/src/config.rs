@@ -68,6 +68,41 @@ pub struct DatabaseConfig {
     pub db_max_connections: u32,
 }
 
+/// How long an upload being received is held by the instance reading it.
+///
+/// The upload service renews the lease of every upload it is receiving
+/// every third of this; an upload whose lease lapsed has no live instance
+/// behind it, and any upload instance or consumer marks it `interrupted`.
+/// Both programs read it: the upload service to renew, both to judge
+/// lapsed leases.
+#[derive(Args, Clone, Debug)]
+pub struct LeaseConfig {
+    /// Seconds an upload being received is held without renewal.
+    #[arg(long, env = "ROWPIPE_UPLOAD_LEASE_SECS", default_value_t = 30)]
+    pub upload_lease_secs: u64,
+}
+
+impl LeaseConfig {
+    /// Reject a lease too short to renew.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.upload_lease_secs == 0 {
+            anyhow::bail!("ROWPIPE_UPLOAD_LEASE_SECS must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The lease in milliseconds, as the store compares it.
+    pub fn lease_ms(&self) -> i64 {
+        i64::try_from(self.upload_lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    /// How often a live upload renews its lease: three times per lease, so
+    /// one late or failed renewal does not lose it.
+    pub fn renew_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.upload_lease_secs.saturating_mul(1000) / 3).max(100))
+    }
+}
+
 /// Logging and tracing switches. The standard `OTEL_*` variables are read too
 /// (see [`crate::telemetry`]).
 #[derive(Args, Clone, Debug)]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
+use rowpipe_core::config::{DatabaseConfig, LeaseConfig, StreamConfig, TelemetryConfig};
 
 use crate::intake::Limits;
 
@@ -19,6 +19,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    #[command(flatten)]
+    pub lease: LeaseConfig,
 
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "ROWPIPE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -68,7 +71,7 @@ pub struct Config {
     pub idempotency_window_secs: u64,
 
     /// Seconds in-flight uploads may continue after SIGTERM before they are
-    /// failed (with the row reached) so the process can exit.
+    /// interrupted (with the row reached, resumable) so the process can exit.
     #[arg(long, env = "ROWPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 }
@@ -77,6 +80,7 @@ impl Config {
     /// Fail fast on values that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.stream.validate()?;
+        self.lease.validate()?;
         rowpipe_core::store::Dialect::from_url(&self.database.database_url)?;
         if self.enqueue_batch == 0 {
             anyhow::bail!("ROWPIPE_ENQUEUE_BATCH must be at least 1");

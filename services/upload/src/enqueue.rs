@@ -31,6 +31,35 @@ pub struct EnqueueConfig {
     pub max_backlog: u64,
 }
 
+/// The ids Redis gave the first and the last entry of one pipeline.
+///
+/// Only these two are kept: they bound the upload's entries in the stream
+/// (what the consumers' loss check needs), and taking them out of the
+/// reply moves two strings instead of converting one per row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryIds {
+    pub first: String,
+    pub last: String,
+}
+
+impl redis::FromRedisValue for EntryIds {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        // A pipeline's reply: one id per XADD. Server errors in it were
+        // turned into an error of the whole call before this conversion.
+        let redis::Value::Array(mut ids) = v else {
+            return Err("an XADD pipeline's reply is not an array".into());
+        };
+        let last = ids.pop().ok_or("an XADD pipeline replied with no ids")?;
+        let last: String = redis::from_redis_value(last)?;
+        let first = if ids.is_empty() {
+            last.clone()
+        } else {
+            redis::from_redis_value(ids.swap_remove(0))?
+        };
+        Ok(EntryIds { first, last })
+    }
+}
+
 /// Writes batches to the stream, waiting while the backlog is too large.
 pub struct Enqueuer {
     con: ConnectionManager,
@@ -111,15 +140,16 @@ impl Enqueuer {
         }
     }
 
-    /// Write one batch in one pipeline, under a producer span.
+    /// Write one batch in one pipeline, under a producer span; returns the
+    /// ids of its first and last entry (None for an empty batch).
     pub async fn write(
         &mut self,
         upload_id: &str,
         batch: &[StreamEntry],
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
-    ) -> Result<(), EnqueueError> {
+    ) -> Result<Option<EntryIds>, EnqueueError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.wait_for_room(batch.len() as u64, shutdown).await?;
         let first = batch.first().map(|e| e.row_number).unwrap_or(0);
@@ -147,18 +177,16 @@ impl Enqueuer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // The entry ids are not needed: `()` leaves them unconverted, and
-            // a server error in any reply still fails the whole call.
-            let result: redis::RedisResult<()> = pipe
+            let result: redis::RedisResult<EntryIds> = pipe
                 .query_async(&mut self.con)
                 .instrument(span.clone())
                 .await;
             match result {
-                Ok(_) => {
+                Ok(ids) => {
                     self.since_check += batch.len() as u64;
                     metrics::counter!("rowpipe_upload_rows_enqueued_total")
                         .increment(batch.len() as u64);
-                    return Ok(());
+                    return Ok(Some(ids));
                 }
                 Err(e) => {
                     metrics::counter!("rowpipe_redis_errors_total", "program" => "upload")

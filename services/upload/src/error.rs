@@ -31,6 +31,23 @@ pub enum ApiError {
     ShuttingDown { upload_id: Option<String> },
     #[error("{0}")]
     Unavailable(String),
+    /// The upload stopped for a reason of the service, not of the file: it
+    /// is recorded `interrupted`, and the same POST resumes it. The answer
+    /// keeps the cause's status and code.
+    #[error(
+        "{cause}; upload {upload_id} is interrupted: POST the same file with the same \
+         Idempotency-Key to resume it"
+    )]
+    Interrupted {
+        cause: Box<ApiError>,
+        upload_id: String,
+    },
+    /// A retry of an upload that a live instance is still receiving.
+    #[error(
+        "upload {upload_id} is still being received by another request; retry once that \
+         request has ended (if its instance is gone, the upload can be resumed within {lease_secs} s)"
+    )]
+    UploadInProgress { upload_id: String, lease_secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,6 +74,8 @@ impl ApiError {
             ApiError::ShuttingDown { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Interrupted { cause, .. } => cause.status(),
+            ApiError::UploadInProgress { .. } => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,6 +90,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::ShuttingDown { .. } => "shutting_down",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Interrupted { cause, .. } => cause.code(),
+            ApiError::UploadInProgress { .. } => "upload_in_progress",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -98,6 +119,15 @@ impl IntoResponse for ApiError {
             }
             ApiError::ShuttingDown { upload_id } => {
                 body["error"]["upload_id"] = json!(upload_id);
+            }
+            ApiError::Interrupted { upload_id, .. } => {
+                body["error"]["upload_id"] = json!(upload_id);
+                body["error"]["upload_status"] = json!("interrupted");
+                body["error"]["resumable"] = json!(true);
+            }
+            ApiError::UploadInProgress { upload_id, .. } => {
+                body["error"]["upload_id"] = json!(upload_id);
+                body["error"]["upload_status"] = json!("receiving");
             }
             _ => {}
         }

@@ -6,9 +6,16 @@
 //! pipelines them into Redis. Reading the next chunk overlaps with writing the
 //! previous batch, and when the writer waits (backpressure) the channel fills
 //! and the body is no longer read: memory stays bounded.
+//!
+//! An attempt that resumes an upload reads the whole file again and skips
+//! the rows its earlier attempts got accounted for; the others are enqueued
+//! under the same upload id and sequence number. How the attempt ends
+//! decides the record: a fault of the file (too large, unreadable as CSV)
+//! fails it; any other end interrupts it, resumable, with the row reached.
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use rowpipe_core::store::accounting::RowSet;
 use rowpipe_core::store::uploads::FinishedBody;
 use rowpipe_core::stream::StreamEntry;
 use sha2::{Digest, Sha256};
@@ -18,7 +25,20 @@ use tracing::Instrument;
 use crate::enqueue::{EnqueueError, Enqueuer};
 use crate::error::ApiError;
 use crate::intake::{Intake, IntakeOptions, IntakeRow, sniff};
+use crate::lease::{Lease, ProgressSender};
 use crate::state::AppState;
+
+/// One attempt at receiving an upload: the record it writes to, the rows an
+/// earlier attempt got accounted for, and this instance's lease on it.
+pub struct Attempt {
+    pub upload_id: String,
+    pub upload_seq: i64,
+    /// Rows not to enqueue again (None: the first attempt).
+    pub accounted: Option<RowSet>,
+    pub lease: Lease,
+    /// Given to the writer, which reports each pipeline's ids through it.
+    pub progress: Option<ProgressSender>,
+}
 
 /// Facts about an upload once its body was read.
 #[derive(Clone, Debug)]
@@ -31,16 +51,18 @@ pub struct IngestReport {
 enum Stop {
     TooLarge,
     ShuttingDown,
+    LeaseLost,
     Body(String),
     Intake(crate::intake::IntakeError),
     Enqueue(EnqueueError),
 }
 
-/// Stream `body` into Redis as upload `upload_id`.
+/// Stream `body` into Redis as the upload of `attempt`. A failed upload is
+/// recorded failed, an interrupted one interrupted, before the error is
+/// returned; a finished one is left for the caller to record.
 pub async fn ingest<S, E>(
     state: &AppState,
-    upload_id: &str,
-    upload_seq: i64,
+    attempt: &mut Attempt,
     options: IntakeOptions,
     body: S,
 ) -> Result<IngestReport, ApiError>
@@ -49,24 +71,44 @@ where
     E: std::error::Error + 'static,
 {
     let config = &state.config;
+    let upload_id = attempt.upload_id.as_str();
+    let upload_seq = attempt.upload_seq;
     let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(2);
     let mut enqueuer = Enqueuer::new(state.redis.clone(), state.enqueue.clone());
     let mut writer_shutdown = state.shutdown.clone();
     let writer_upload = upload_id.to_string();
+    let progress = attempt.progress.take();
     let writer = tokio::spawn(
         async move {
             let mut written: i64 = 0;
             while let Some(batch) = rx.recv().await {
                 let n = batch.len() as i64;
-                enqueuer
+                let ids = enqueuer
                     .write(&writer_upload, &batch, &mut writer_shutdown)
                     .await?;
                 written += n;
+                // Rows are numbered in file order and every earlier row is
+                // written or accounted for, so the last row number written
+                // is how far the stream holds the file.
+                if let (Some(ids), Some(progress)) = (ids, &progress) {
+                    let reached = batch.last().map(|e| e.row_number).unwrap_or(0);
+                    progress.send_modify(|p| {
+                        p.rows_enqueued = p.rows_enqueued.max(reached);
+                        if p.first_entry_id.is_none() {
+                            p.first_entry_id = Some(ids.first);
+                        }
+                        p.last_entry_id = Some(ids.last);
+                    });
+                }
             }
+            // `progress` is dropped here: the lease knows the writer is done.
             Ok::<i64, EnqueueError>(written)
         }
         .instrument(tracing::Span::current()),
     );
+    let lease_lost = attempt.lease.lost();
+    tokio::pin!(lease_lost);
+    let accounted = attempt.accounted.as_ref();
 
     let mut intake = Intake::new(options);
     let mut rows: Vec<IntakeRow> = Vec::new();
@@ -94,6 +136,7 @@ where
         let chunk = tokio::select! {
             biased;
             _ = &mut deadline => break Some(Stop::ShuttingDown),
+            _ = &mut lease_lost => break Some(Stop::LeaseLost),
             chunk = body.next() => chunk,
         };
         let finished = chunk.is_none();
@@ -123,6 +166,9 @@ where
         metrics::counter!("rowpipe_upload_rows_received_total").increment(rows.len() as u64);
         let mut writer_gone = false;
         for row in rows.drain(..) {
+            if accounted.is_some_and(|a| a.contains(row.row_number)) {
+                continue;
+            }
             batch.push(make_entry(row));
             if batch.len() >= config.enqueue_batch {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(config.enqueue_batch));
@@ -164,12 +210,6 @@ where
                 upload_id: Some(upload_id.to_string()),
                 rows_read,
             },
-            Stop::ShuttingDown => ApiError::ShuttingDown {
-                upload_id: Some(upload_id.to_string()),
-            },
-            Stop::Body(e) => ApiError::BadRequest(format!(
-                "reading the request body failed after {rows_read} rows: {e}"
-            )),
             Stop::Intake(e) => {
                 let columns = match &e {
                     crate::intake::IntakeError::Columns(
@@ -183,20 +223,43 @@ where
                     columns,
                 }
             }
-            Stop::Enqueue(EnqueueError::ShuttingDown) => ApiError::ShuttingDown {
-                upload_id: Some(upload_id.to_string()),
-            },
+            Stop::ShuttingDown | Stop::Enqueue(EnqueueError::ShuttingDown) => {
+                ApiError::ShuttingDown {
+                    upload_id: Some(upload_id.to_string()),
+                }
+            }
+            Stop::LeaseLost => ApiError::Unavailable(format!(
+                "the upload's lease was lost after {rows_read} rows (the database is unreachable, \
+                 or another instance took the upload over)"
+            )),
+            Stop::Body(e) => ApiError::BadRequest(format!(
+                "reading the request body failed after {rows_read} rows: {e}"
+            )),
             Stop::Enqueue(e) => ApiError::Unavailable(format!(
                 "writing rows to Redis failed after {rows_enqueued} rows: {e}"
             )),
         };
-        state
-            .store
-            .fail_upload(upload_id, &error.to_string(), rows_read, rows_enqueued)
-            .await?;
-        metrics::counter!("rowpipe_uploads_total", "status" => "failed").increment(1);
-        return Err(error);
+        if is_the_files_fault(&error) {
+            attempt.lease.settle();
+            state
+                .store
+                .fail_upload(upload_id, &error.to_string(), rows_read, rows_enqueued)
+                .await?;
+            metrics::counter!("rowpipe_uploads_total", "status" => "failed").increment(1);
+            return Err(error);
+        }
+        attempt.lease.interrupt(&error.to_string(), rows_read).await;
+        return Err(ApiError::Interrupted {
+            cause: Box::new(error),
+            upload_id: upload_id.to_string(),
+        });
     }
+    // Every row of the file is now in the stream or accounted for.
+    let rows_enqueued = if attempt.accounted.is_some() {
+        rows_read
+    } else {
+        rows_enqueued
+    };
     Ok(IngestReport {
         body: FinishedBody {
             size_bytes: size as i64,
@@ -208,8 +271,19 @@ where
                 .unwrap_or_else(|| ",".into()),
             rows_read,
             rows_enqueued,
+            last_entry_id: attempt.lease.progress().last_entry_id,
+            lease_owner: Some(attempt.lease.owner().to_string()),
         },
     })
+}
+
+/// Whether an upload stopped for a reason of the file or the request, which
+/// no retry can change: it is failed, not interrupted.
+fn is_the_files_fault(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::PayloadTooLarge { .. } | ApiError::Unprocessable { .. }
+    )
 }
 
 /// Whether a body error is a body length limit being hit (a `Limited` body,

@@ -15,12 +15,16 @@
 //! * [`options`]: the upload's query parameters and the media types taken as CSV.
 //! * [`idempotency`]: `Idempotency-Key` and `X-Content-SHA256` replays.
 //! * [`intake`]: bytes → decoded text → CSV records → numbered rows (no I/O).
-//! * [`ingest`]: one upload's body → intake → batches → [`enqueue`].
+//! * [`ingest`]: one attempt at an upload's body → intake → batches →
+//!   [`enqueue`], skipping the rows a resumed upload has accounted for.
+//! * [`lease`]: this instance's lease on the uploads it receives (renewed
+//!   with their progress, or the upload interrupted), and the sweep that
+//!   marks the uploads of dead instances `interrupted`.
 //! * [`enqueue`]: pipelined `XADD` with backpressure on the group's backlog.
 //! * [`csv_writer`]: the exports' CSV, quoted by hand and streamed page by page.
 //!
 //! Dependencies point one way: `startup` → `routes` → `lifecycle` →
-//! `ingest` → `intake`/`enqueue`, and everything that needs the shared state
+//! `ingest` → `intake`/`enqueue`/`lease`, and everything that needs the shared state
 //! takes it from `state`, which depends only on `config` and `enqueue`.
 
 pub mod auth;
@@ -31,6 +35,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ingest;
 pub mod intake;
+pub mod lease;
 pub mod lifecycle;
 pub mod options;
 pub mod routes;

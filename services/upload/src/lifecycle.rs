@@ -3,17 +3,23 @@
 //! The order is what the API promises: everything that can be rejected
 //! without reading the body (media type, declared length, options) is, before
 //! any lookup; a replay returns before a record is created; and the record
-//! exists before the first row is read, so that an upload failing part way
-//! is recorded as failed with the row it reached.
+//! exists before the first row is read, so that an upload stopping part way
+//! is recorded with the row it reached (failed for the file's fault,
+//! interrupted for the service's).
+//!
+//! A request repeating an `interrupted` or `incomplete` upload resumes it:
+//! same record, a fresh lease, the rows already accounted for skipped.
+//! One repeating an upload a live instance is still receiving gets `409`.
 
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
 use futures::StreamExt;
-use rowpipe_core::store::{NewUpload, UploadRecord};
+use rowpipe_core::store::{LeaseProgress, NewUpload, UploadRecord, UploadStatus};
 
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
-use crate::ingest::ingest;
+use crate::ingest::{Attempt, ingest};
+use crate::lease::Lease;
 use crate::options::{UploadParams, intake_options, is_csv_type};
 use crate::state::AppState;
 
@@ -63,20 +69,29 @@ pub async fn receive(
     let options = intake_options(&params, &state.config)?;
 
     let idempotency = Idempotency::from_headers(headers);
+    let mut resumed = None;
     if let Some(existing) = idempotency
         .earlier_upload(&state.store, state.config.idempotency_window_secs)
         .await?
     {
-        return Ok(Outcome::Replayed(existing));
+        match existing.status {
+            UploadStatus::Interrupted | UploadStatus::Incomplete | UploadStatus::Receiving => {
+                resumed = Some(resume(state, &existing).await?);
+            }
+            _ => return Ok(Outcome::Replayed(existing)),
+        }
     }
     let idempotency_key = idempotency.key().map(str::to_string);
 
-    let upload_id = uuid::Uuid::now_v7().to_string();
+    let upload_id = match &resumed {
+        Some(attempt) => attempt.upload_id.clone(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
     tracing::Span::current().record("rowpipe.upload_id", upload_id.as_str());
     let _in_flight = InFlight::new();
     let started = std::time::Instant::now();
 
-    let report = if multipart {
+    let (report, mut attempt) = if multipart {
         let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
@@ -104,21 +119,31 @@ pub async fn receive(
                 .file_name()
                 .map(str::to_string)
                 .or(params.filename.clone());
-            let seq = create_record(state, &upload_id, file_name, idempotency_key).await?;
-            let report = ingest(state, &upload_id, seq, options, field).await?;
-            break report;
+            let mut attempt = begin(
+                state,
+                resumed.take(),
+                &upload_id,
+                file_name,
+                idempotency_key,
+            )
+            .await?;
+            let report = ingest(state, &mut attempt, options, field).await?;
+            break (report, attempt);
         }
     } else {
         let file_name = params.filename.clone();
-        let seq = create_record(state, &upload_id, file_name, idempotency_key).await?;
-        let body = request.into_body().into_data_stream().boxed();
-        ingest(state, &upload_id, seq, options, body).await?
-    };
-
-    state
-        .store
-        .finish_receiving(&upload_id, &report.body)
+        let mut attempt = begin(
+            state,
+            resumed.take(),
+            &upload_id,
+            file_name,
+            idempotency_key,
+        )
         .await?;
+        let body = request.into_body().into_data_stream().boxed();
+        (ingest(state, &mut attempt, options, body).await?, attempt)
+    };
+    finish(state, &mut attempt, &report.body).await?;
     metrics::histogram!("rowpipe_upload_duration_seconds").record(started.elapsed().as_secs_f64());
     tracing::Span::current().record("rowpipe.rows_enqueued", report.body.rows_enqueued);
     tracing::info!(
@@ -139,21 +164,117 @@ pub async fn receive(
     })
 }
 
-async fn create_record(
+/// Take an earlier upload back for this request to resume, with a lease of
+/// this instance, and read which of its rows are accounted for.
+async fn resume(state: &AppState, existing: &UploadRecord) -> Result<Attempt, ApiError> {
+    let id = &existing.upload_id;
+    let lease = &state.config.lease;
+    if !state
+        .store
+        .reopen_for_resume(id, &state.instance_id, lease.lease_ms())
+        .await?
+    {
+        return Err(ApiError::UploadInProgress {
+            upload_id: id.clone(),
+            lease_secs: lease.upload_lease_secs,
+        });
+    }
+    // From here the lease's drop guard records the upload interrupted again
+    // if this request ends early.
+    let prior = LeaseProgress {
+        rows_enqueued: existing.counts.enqueued,
+        ..Default::default()
+    };
+    let (lease, progress) = Lease::start(state, id, prior);
+    let accounted = state.store.accounted_rows(id).await?;
+    tracing::info!(
+        upload_id = %id,
+        attempt = existing.attempts + 1,
+        accounted = accounted.len(),
+        "resuming upload"
+    );
+    Ok(Attempt {
+        upload_id: id.clone(),
+        upload_seq: existing.seq,
+        accounted: Some(accounted),
+        lease,
+        progress: Some(progress),
+    })
+}
+
+/// The attempt this request makes: the resumed one, or a new record under
+/// this instance's lease. Either way the stream's group is made sure of
+/// first: a Redis that lost it gets it back from the producer too, before
+/// rows it would not deliver are written.
+async fn begin(
     state: &AppState,
+    resumed: Option<Attempt>,
     upload_id: &str,
     file_name: Option<String>,
     idempotency_key: Option<String>,
-) -> Result<i64, ApiError> {
+) -> Result<Attempt, ApiError> {
+    let mut redis = state.redis.clone();
+    rowpipe_core::stream::ensure_group(&mut redis, &state.enqueue.stream, &state.enqueue.group)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("Redis unavailable: {e}")))?;
+    if let Some(attempt) = resumed {
+        return Ok(attempt);
+    }
     let seq = state
         .store
-        .create_upload(&NewUpload {
-            id: upload_id.to_string(),
-            file_name,
-            idempotency_key,
-        })
+        .create_upload_leased(
+            &NewUpload {
+                id: upload_id.to_string(),
+                file_name,
+                idempotency_key,
+            },
+            &state.instance_id,
+            state.config.lease.lease_ms(),
+        )
         .await?;
-    Ok(seq)
+    let (lease, progress) = Lease::start(state, upload_id, LeaseProgress::default());
+    Ok(Attempt {
+        upload_id: upload_id.to_string(),
+        upload_seq: seq,
+        accounted: None,
+        lease,
+        progress: Some(progress),
+    })
+}
+
+/// Record that every row is in the stream. A database error here
+/// interrupts the upload (resumable) rather than leaving it `receiving`.
+async fn finish(
+    state: &AppState,
+    attempt: &mut Attempt,
+    body: &rowpipe_core::store::uploads::FinishedBody,
+) -> Result<(), ApiError> {
+    let finished = match state.store.finish_receiving(&attempt.upload_id, body).await {
+        Ok(finished) => finished,
+        Err(e) => {
+            let error = ApiError::from(e);
+            attempt
+                .lease
+                .interrupt(&error.to_string(), body.rows_read)
+                .await;
+            return Err(ApiError::Interrupted {
+                cause: Box::new(error),
+                upload_id: attempt.upload_id.clone(),
+            });
+        }
+    };
+    attempt.lease.settle();
+    if !finished {
+        // The lease lapsed under this request (the record was marked
+        // interrupted, or resumed by another request meanwhile).
+        return Err(ApiError::Interrupted {
+            cause: Box::new(ApiError::Unavailable(
+                "the upload's lease lapsed before its end was recorded".into(),
+            )),
+            upload_id: attempt.upload_id.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Counts uploads in flight for the gauge, including failed ones.

@@ -19,6 +19,15 @@ pub struct Application {
     router: Router,
     port: u16,
     shutdown: Shutdown,
+    sweep: Sweep,
+}
+
+/// What the lapsed-lease sweep needs (see [`crate::lease::sweep_lapsed`]).
+struct Sweep {
+    store: Store,
+    redis: redis::aio::ConnectionManager,
+    stream: String,
+    lease: rowpipe_core::config::LeaseConfig,
 }
 
 impl Application {
@@ -52,6 +61,14 @@ impl Application {
             redis,
             enqueue,
             shutdown: shutdown.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string().into(),
+        };
+        tracing::info!(instance_id = %state.instance_id, "upload leases are held under this instance id");
+        let sweep = Sweep {
+            store: state.store.clone(),
+            redis: state.redis.clone(),
+            stream: state.enqueue.stream.clone(),
+            lease: state.config.lease.clone(),
         };
         // Uploads and exports need a token; probes, scrapers and the API
         // description do not.
@@ -69,6 +86,7 @@ impl Application {
             router,
             port,
             shutdown,
+            sweep,
         })
     }
 
@@ -77,14 +95,24 @@ impl Application {
         self.port
     }
 
-    /// Serve until shutdown is requested, then let in-flight uploads finish
-    /// (or fail cleanly after the grace period) and return.
+    /// Serve, and sweep uploads whose lease lapsed, until shutdown is
+    /// requested; then let in-flight uploads finish (or be interrupted,
+    /// resumable, after the grace period) and return.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let mut shutdown = self.shutdown;
+        let sweep = self.sweep;
+        let sweeper = tokio::spawn(crate::lease::sweep_lapsed(
+            sweep.store,
+            sweep.redis,
+            sweep.stream,
+            sweep.lease,
+            shutdown.clone(),
+        ));
         tracing::info!(port = self.port, "rowpipe-upload listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.requested().await })
             .await?;
+        sweeper.abort();
         tracing::info!("rowpipe-upload stopped");
         Ok(())
     }

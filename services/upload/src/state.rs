@@ -22,4 +22,8 @@ pub struct AppState {
     pub redis: ConnectionManager,
     pub enqueue: EnqueueConfig,
     pub shutdown: Shutdown,
+    /// This process's id as the holder of upload leases (a uuid drawn at
+    /// start): a lease is this instance's, not a host's or a pod's, so a
+    /// restarted process never mistakes a dead one's uploads for its own.
+    pub instance_id: Arc<str>,
 }

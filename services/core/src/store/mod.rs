@@ -17,6 +17,11 @@
 //! * `error.rs`: [`StoreError`], and which errors are transient (by the
 //!   database's error codes).
 //! * [`uploads`]: upload records and their counts.
+//! * [`accounting`]: which rows of an upload the ledgers hold ([`RowSet`]),
+//!   and naming the rows that reached the stream and were lost
+//!   (`incomplete`, or an `interrupted` upload's settled counts).
+//! * [`leases`]: who is receiving an upload, how far it got, and marking
+//!   `interrupted` the uploads whose instance stopped renewing its lease.
 //! * [`batch`]: applying a batch of judged rows in one transaction: the
 //!   duplicate rule and the exactly-once effect (`batch/mod.rs`), its steps
 //!   on the ledgers and on contacts, how values are encoded
@@ -24,9 +29,11 @@
 //!   `postgres.rs`, `mysql.rs` and `sqlite.rs` for what only that dialect
 //!   sends).
 
+pub mod accounting;
 pub mod batch;
 mod dialect;
 mod error;
+pub mod leases;
 pub mod uploads;
 
 use std::str::FromStr;
@@ -37,9 +44,11 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Executor};
 
 use crate::config::DatabaseConfig;
 
+pub use accounting::{AccountingCandidate, RowSet};
 pub use batch::BatchOutcome;
 pub use dialect::Dialect;
 pub use error::{StoreError, is_transient_sqlx};
+pub use leases::LeaseProgress;
 pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
 
 /// A connection pool plus the dialect it speaks.

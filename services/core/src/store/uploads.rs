@@ -183,6 +183,12 @@ pub struct FinishedBody {
     pub delimiter: String,
     pub rows_read: i64,
     pub rows_enqueued: i64,
+    /// The id Redis gave the upload's last entry (None: no entry written
+    /// in this attempt; the recorded one stands).
+    pub last_entry_id: Option<String>,
+    /// The instance whose lease the upload is under; the upload is
+    /// finished only if it still holds it. None: whoever holds it.
+    pub lease_owner: Option<String>,
 }
 
 /// One line of the reject ledger.
@@ -198,16 +204,29 @@ pub struct RejectedRow {
 impl Store {
     /// Record a new upload in `receiving` state; returns its sequence number.
     pub async fn create_upload(&self, new: &NewUpload) -> Result<i64, StoreError> {
+        self.insert_upload(new, None).await
+    }
+
+    /// Insert a `receiving` upload, held by `lease` (owner, expiry) if
+    /// given; returns its sequence number.
+    pub(super) async fn insert_upload(
+        &self,
+        new: &NewUpload,
+        lease: Option<(&str, i64)>,
+    ) -> Result<i64, StoreError> {
         let now = now_ms();
         sqlx::query(self.q(
-            "INSERT INTO uploads (id, file_name, idempotency_key, status, created_at_ms, updated_at_ms) \
-             VALUES (?, ?, ?, 'receiving', ?, ?)",
+            "INSERT INTO uploads (id, file_name, idempotency_key, status, created_at_ms, updated_at_ms, \
+             lease_owner, lease_expires_at_ms) \
+             VALUES (?, ?, ?, 'receiving', ?, ?, ?, ?)",
         ))
         .bind(&new.id)
         .bind(&new.file_name)
         .bind(&new.idempotency_key)
         .bind(now)
         .bind(now)
+        .bind(lease.map(|(owner, _)| owner))
+        .bind(lease.map(|(_, expires)| expires))
         .execute(&self.pool)
         .await?;
         let seq: i64 = sqlx::query_scalar(self.q("SELECT seq FROM uploads WHERE id = ?"))
@@ -255,26 +274,42 @@ impl Store {
 
     /// Every row is in the stream: record the body's facts, move to `queued`
     /// (or `processing` if consumers already started), and complete at once
-    /// if consumers already finished.
-    pub async fn finish_receiving(&self, id: &str, body: &FinishedBody) -> Result<(), StoreError> {
-        sqlx::query(self.q(
+    /// if consumers already finished. False when the upload was no longer
+    /// `receiving` under `body.lease_owner` (its lease lapsed and it was
+    /// marked interrupted, or another instance resumed it).
+    pub async fn finish_receiving(
+        &self,
+        id: &str,
+        body: &FinishedBody,
+    ) -> Result<bool, StoreError> {
+        let owner_check = if body.lease_owner.is_some() {
+            " AND lease_owner = ?"
+        } else {
+            ""
+        };
+        let sql = self.q(&format!(
             "UPDATE uploads SET size_bytes = ?, sha256 = ?, encoding = ?, delimiter = ?, \
-             rows_read = ?, rows_enqueued = ?, updated_at_ms = ?, \
+             rows_read = ?, rows_enqueued = ?, last_entry_id = COALESCE(?, last_entry_id), \
+             lease_expires_at_ms = NULL, updated_at_ms = ?, \
              status = CASE WHEN rows_processed > 0 THEN 'processing' ELSE 'queued' END \
-             WHERE id = ? AND status = 'receiving'",
-        ))
-        .bind(body.size_bytes)
-        .bind(&body.sha256)
-        .bind(&body.encoding)
-        .bind(&body.delimiter)
-        .bind(body.rows_read)
-        .bind(body.rows_enqueued)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+             WHERE id = ? AND status = 'receiving'{owner_check}"
+        ));
+        let mut update = sqlx::query(sql)
+            .bind(body.size_bytes)
+            .bind(&body.sha256)
+            .bind(&body.encoding)
+            .bind(&body.delimiter)
+            .bind(body.rows_read)
+            .bind(body.rows_enqueued)
+            .bind(&body.last_entry_id)
+            .bind(now_ms())
+            .bind(id);
+        if let Some(owner) = &body.lease_owner {
+            update = update.bind(owner);
+        }
+        let finished = update.execute(&self.pool).await?.rows_affected();
         self.try_complete(id).await?;
-        Ok(())
+        Ok(finished > 0)
     }
 
     /// The body could not be read to the end. Rows already in the stream are

@@ -7,6 +7,8 @@
 //!   reclaim, acknowledge, leave).
 //! * [`reader`]: the consumer's own `XREADGROUP` connection and decoder.
 //! * [`dead_letter`]: the format of the dead-letter stream.
+//! * [`range`]: whether anything of a range of ids is still to be processed (how loss detection knows an upload's entries
+//!   are all done with).
 //!
 //! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
 //! hold a connection for the whole block, so they get a dedicated one
@@ -17,6 +19,7 @@
 pub mod dead_letter;
 pub mod entry;
 pub mod group;
+pub mod range;
 pub mod reader;
 
 use std::time::Duration;
@@ -27,6 +30,7 @@ use redis::{AsyncTypedCommands, ErrorKind, IntoConnectionInfo, ServerErrorKind};
 pub use dead_letter::DeadLetter;
 pub use entry::{EntryBody, EntryError, StreamEntry};
 pub use group::ConsumerGroup;
+pub use range::holds_range;
 
 /// Shared connection for non-blocking commands (XADD, XACK, XINFO…).
 pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
@@ -74,6 +78,42 @@ pub async fn ensure_group(
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The stream's last generated id (`XINFO STREAM`), `"0-0"` when the stream
+/// is missing. Every entry ever added is at or below it, trimmed and
+/// deleted ones included, so it bounds the entries of a producer that has
+/// stopped writing.
+pub async fn tip(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<String> {
+    let reply: redis::Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(con)
+        .await
+    {
+        Ok(v) => v,
+        // `ERR no such key`, as for `XINFO GROUPS` in [`backlog`].
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            return Ok("0-0".into());
+        }
+        Err(e) => return Err(e),
+    };
+    // RESP2 replies with a flat array of names and values, RESP3 with a map.
+    let pairs: Vec<(&redis::Value, &redis::Value)> = match &reply {
+        redis::Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        redis::Value::Array(items) => items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| entry::value_to_string(k) == "last-generated-id")
+        .map(|(_, v)| entry::value_to_string(v))
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "XINFO STREAM has no last-generated-id",
+            ))
+        })
 }
 
 /// The group's view of the stream.

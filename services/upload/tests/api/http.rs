@@ -247,7 +247,7 @@ async fn the_openapi_document_describes_every_route_and_status_the_service_uses(
 }
 
 #[tokio::test]
-async fn shutdown_fails_an_in_flight_upload_cleanly_with_the_row_reached() {
+async fn shutdown_interrupts_an_in_flight_upload_cleanly_with_the_row_reached() {
     let app = spawn_app(Backend::Sqlite).await;
     // A client that keeps sending rows slowly and never finishes.
     let chunks = futures::stream::unfold(0u64, |i| async move {
@@ -288,7 +288,8 @@ async fn shutdown_fails_an_in_flight_upload_cleanly_with_the_row_reached() {
         .await
         .expect("db")
         .expect("record");
-    assert_eq!(record.status, rowpipe_core::store::UploadStatus::Failed);
+    assert_eq!(record.status, rowpipe_core::store::UploadStatus::Interrupted);
+    assert_eq!(body["error"]["resumable"], true);
     assert!(
         record.counts.read > 0,
         "the row reached is recorded: {:?}",
