@@ -11,6 +11,7 @@ mod pipeline;
 mod queue_loss;
 mod reader;
 mod startup;
+mod stream_range;
 mod validation;
 
 /// Path of the consumer binary built for this test run.
