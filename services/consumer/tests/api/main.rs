@@ -4,6 +4,7 @@
 //! [`in_process`]), real Redis and each real database. One binary, one
 //! module per concern.
 
+mod accounting;
 mod delivery;
 mod in_process;
 mod ledger;
