@@ -40,6 +40,8 @@ pub struct AppOptions {
     pub max_body_bytes: u64,
     /// A Redis of the test's own (default: the shared one).
     pub redis_url: Option<String>,
+    /// `ROWPIPE_UPLOAD_LEASE_SECS`: tests about dead instances shorten it.
+    pub upload_lease_secs: u64,
 }
 
 impl Default for AppOptions {
@@ -50,6 +52,7 @@ impl Default for AppOptions {
             max_backlog: defaults.max_backlog,
             max_body_bytes: defaults.max_body_bytes,
             redis_url: None,
+            upload_lease_secs: defaults.lease.upload_lease_secs,
         }
     }
 }
@@ -74,6 +77,7 @@ fn upload_config(
 ) -> anyhow::Result<Config> {
     let max_backlog = options.max_backlog.to_string();
     let max_body_bytes = options.max_body_bytes.to_string();
+    let lease_secs = options.upload_lease_secs.to_string();
     crate::config::parse([
         // The test's own servers, database and stream.
         "--database-url",
@@ -97,6 +101,8 @@ fn upload_config(
         // production grace period to see the upload failed.
         "--shutdown-grace-secs",
         "5",
+        "--upload-lease-secs",
+        &lease_secs,
     ])
 }
 
@@ -149,6 +155,33 @@ impl TestApp {
             .send()
             .await
             .expect("POST /v1/uploads")
+    }
+
+    /// POST a raw CSV body under an `Idempotency-Key`.
+    pub async fn upload_csv_keyed(&self, key: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/uploads", self.address))
+            .bearer_auth(TOKEN)
+            .header("content-type", "text/csv")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .expect("POST /v1/uploads")
+    }
+
+    /// Uploads still `receiving` whose lease lapsed more than `grace` ago:
+    /// held by no live instance, which the sweeps must not let happen.
+    pub async fn receiving_past_lease(&self, grace: Duration) -> Vec<String> {
+        let sql = self.store.dialect().sql(
+            "SELECT id FROM uploads WHERE status = 'receiving' \
+             AND COALESCE(lease_expires_at_ms, updated_at_ms) < ?",
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(rowpipe_core::now_ms() - grace.as_millis() as i64)
+            .fetch_all(self.store.pool())
+            .await
+            .expect("receiving uploads")
     }
 
     /// Upload and return the upload id (asserting 202).

@@ -15,6 +15,8 @@
 //!   [`TestApp`]) and what a test reads back from it.
 //! * [`consumer`]: the real consumer binary as OS processes of a
 //!   [`TestApp`] ([`ConsumerProcess`]).
+//! * [`upload_process`]: the real upload binary as an OS process of a
+//!   [`TestApp`] ([`UploadProcess`]), for tests that kill an instance.
 //! * [`data`]: reproducible contact files ([`generate_contacts`]) and the
 //!   oracle of the table they must leave ([`Generated::oracle`]).
 //! * [`faults`]: a database link to cut ([`ToggleProxy`]) and a Redis of the
@@ -34,6 +36,7 @@ pub mod db;
 pub mod faults;
 pub mod macros;
 pub mod services;
+pub mod upload_process;
 
 pub use app::{AppOptions, TOKEN, TestApp, spawn_app, spawn_app_with};
 pub use assertions::{acknowledged, assert_every_row_counted_once, eventually};
@@ -43,3 +46,4 @@ pub use db::{Backend, TestDb};
 pub use faults::proxy::ToggleProxy;
 pub use faults::redis::OwnRedis;
 pub use services::{fresh_stream, host_port, redis_url, require_binary, via_port};
+pub use upload_process::UploadProcess;

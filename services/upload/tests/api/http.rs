@@ -180,7 +180,7 @@ async fn the_openapi_document_describes_every_route_and_status_the_service_uses(
         (
             "/v1/uploads",
             "post",
-            &["202", "200", "401", "413", "415", "422"],
+            &["202", "200", "401", "409", "413", "415", "422", "503"],
         ),
         ("/v1/uploads", "get", &["200", "401"]),
         ("/v1/uploads/{id}", "get", &["200", "401", "404"]),
@@ -288,7 +288,10 @@ async fn shutdown_interrupts_an_in_flight_upload_cleanly_with_the_row_reached() 
         .await
         .expect("db")
         .expect("record");
-    assert_eq!(record.status, rowpipe_core::store::UploadStatus::Interrupted);
+    assert_eq!(
+        record.status,
+        rowpipe_core::store::UploadStatus::Interrupted
+    );
     assert_eq!(body["error"]["resumable"], true);
     assert!(
         record.counts.read > 0,

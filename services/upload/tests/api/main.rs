@@ -1,5 +1,7 @@
 //! rowpipe-upload's tests: the intake corpus (pure, no services) and the
-//! HTTP API against real Redis and a real database.
+//! HTTP API against real Redis and a real database, and interrupted uploads
+//! and their resumes.
 
 mod http;
 mod intake_corpus;
+mod resume;
