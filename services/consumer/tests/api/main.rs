@@ -13,6 +13,7 @@ mod queue_loss;
 mod reader;
 mod startup;
 mod stream_range;
+mod upload_loss;
 mod validation;
 
 /// Path of the consumer binary built for this test run.
