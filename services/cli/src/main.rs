@@ -2,8 +2,11 @@
 //!
 //! * `rowpipe migrate`: apply the database migrations and create the stream's
 //!   consumer group (what the Helm migration Job runs before a rollout).
-//! * `rowpipe upload FILE`: stream a file to the upload service with a
-//!   progress bar, then follow it until every row is processed.
+//! * `rowpipe upload [--idempotency-key K] FILE`: stream a file to the upload
+//!   service with a progress bar, then follow it until every row is
+//!   processed. The key names the upload: when it is interrupted (the
+//!   service's fault: an instance died, a connection dropped, a 5xx), the
+//!   CLI sends the file again under the same key, which resumes it.
 //! * `rowpipe status ID`, `rowpipe rejects ID`, `rowpipe list`.
 
 use std::path::PathBuf;
@@ -63,6 +66,13 @@ enum Command {
         /// Give up waiting after this many seconds (0: wait forever).
         #[arg(long, default_value_t = 0)]
         timeout_secs: u64,
+        /// Names the upload, so that sending it again resumes or replays it
+        /// instead of loading it twice (default: a new key, printed).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Sends of the file in all, retries of an interrupted upload included.
+        #[arg(long, default_value_t = 5)]
+        max_attempts: u32,
     },
     /// Print an upload's status and counts.
     Status {
@@ -108,7 +118,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_wait,
             params,
             timeout_secs,
-        } => upload(api, file, no_wait, params, timeout_secs).await,
+            idempotency_key,
+            max_attempts,
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| {
+                let key = uuid::Uuid::new_v4().to_string();
+                eprintln!(
+                    "idempotency key {key} (pass --idempotency-key {key} to resume this upload)"
+                );
+                key
+            });
+            let job = UploadJob {
+                api,
+                file,
+                no_wait,
+                params,
+                timeout_secs,
+                key,
+            };
+            upload_with_retries(&job, max_attempts.max(1)).await
+        }
         Command::Status { api, id } => {
             let status = get_json(&api, &format!("/v1/uploads/{id}")).await?;
             print_outcome(&status);
@@ -219,25 +248,70 @@ async fn sha256_of(file: &PathBuf) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-async fn upload(
+/// One `rowpipe upload`: what to send, and how to follow it.
+struct UploadJob {
     api: ApiArgs,
     file: PathBuf,
     no_wait: bool,
     params: Vec<String>,
     timeout_secs: u64,
-) -> anyhow::Result<()> {
-    let meta = tokio::fs::metadata(&file)
+    key: String,
+}
+
+/// How one send of the file ended.
+enum Sent {
+    /// The upload reached an end that sending again cannot change.
+    Done,
+    /// The service's fault (connection error, 5xx, `409` while an earlier
+    /// send is still held, an `interrupted` or `incomplete` upload): the
+    /// same key resumes it.
+    Retry(String),
+}
+
+/// Send the file, and again under the same key while the upload is
+/// interrupted, with a growing pause, at most `max_attempts` times.
+async fn upload_with_retries(job: &UploadJob, max_attempts: u32) -> anyhow::Result<()> {
+    let mut pause = Duration::from_secs(1);
+    for attempt in 1..=max_attempts {
+        match upload(job).await? {
+            Sent::Done => return Ok(()),
+            Sent::Retry(why) if attempt < max_attempts => {
+                eprintln!(
+                    "upload interrupted ({why}); resuming with key {} in {} s (attempt {}/{max_attempts})",
+                    job.key,
+                    pause.as_secs(),
+                    attempt + 1
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Sent::Retry(why) => {
+                bail!(
+                    "upload interrupted ({why}) after {max_attempts} attempts; \
+                     run again with --idempotency-key {} to resume it",
+                    job.key
+                )
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+async fn upload(job: &UploadJob) -> anyhow::Result<Sent> {
+    let api = &job.api;
+    let file = &job.file;
+    let meta = tokio::fs::metadata(file)
         .await
         .with_context(|| format!("reading {}", file.display()))?;
     let size = meta.len();
-    let sha = sha256_of(&file).await?;
+    let sha = sha256_of(file).await?;
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("upload.csv")
         .to_string();
     let mut query: Vec<(String, String)> = vec![("filename".into(), name.clone())];
-    for p in params {
+    for p in &job.params {
         let (k, v) = p
             .split_once('=')
             .with_context(|| format!("--param {p:?} is not KEY=VALUE"))?;
@@ -252,7 +326,7 @@ async fn upload(
         .progress_chars("=> "),
     );
     bar.set_message(name.clone());
-    let f = tokio::fs::File::open(&file).await?;
+    let f = tokio::fs::File::open(file).await?;
     let progress = bar.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |chunk| {
         if let Ok(c) = chunk {
@@ -260,38 +334,52 @@ async fn upload(
         }
     });
     let url = format!("{}/v1/uploads", api.url.trim_end_matches('/'));
-    let resp = authed(&api, client()?.post(&url))
+    let sent = authed(api, client()?.post(&url))
         .query(&query)
         .header("content-type", "text/csv")
         .header("content-length", size)
         .header("x-content-sha256", &sha)
+        .header("idempotency-key", &job.key)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+        .await;
     bar.finish_and_clear();
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return Ok(Sent::Retry(format!("POST {url}: {e}"))),
+    };
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let message = body["error"]["message"].as_str().unwrap_or("no details");
+    if status.is_server_error() || status == reqwest::StatusCode::CONFLICT {
+        return Ok(Sent::Retry(format!("{status}: {message}")));
+    }
     if !status.is_success() {
-        bail!(
-            "upload refused: {status}: {}",
-            body["error"]["message"].as_str().unwrap_or("no details")
-        );
+        if body["error"]["resumable"] == true {
+            return Ok(Sent::Retry(format!("{status}: {message}")));
+        }
+        bail!("upload refused: {status}: {message}");
     }
     let id = body["upload_id"].as_str().unwrap_or_default().to_string();
     if body["replayed"].as_bool() == Some(true) {
         println!("this file was already uploaded as {id}; not enqueued again");
     } else {
+        let attempts = body["attempts"].as_i64().unwrap_or(1);
         println!(
-            "upload {id}: {} rows enqueued ({} bytes, {}, delimiter {:?})",
+            "upload {id}{}: {} rows enqueued ({} bytes, {}, delimiter {:?})",
+            if attempts > 1 {
+                format!(" (resumed, attempt {attempts})")
+            } else {
+                String::new()
+            },
             body["rows_enqueued"],
             size,
             body["encoding"].as_str().unwrap_or("?"),
             body["delimiter"].as_str().unwrap_or("?")
         );
     }
-    if no_wait {
-        return Ok(());
+    if job.no_wait {
+        return Ok(Sent::Done);
     }
     let total = body["counts"]["read"].as_u64().unwrap_or(0);
     let bar = ProgressBar::new(total.max(1));
@@ -302,16 +390,16 @@ async fn upload(
     );
     let started = std::time::Instant::now();
     let final_status = loop {
-        let s = get_json(&api, &format!("/v1/uploads/{id}")).await?;
+        let s = get_json(api, &format!("/v1/uploads/{id}")).await?;
         bar.set_position(s["counts"]["processed"].as_u64().unwrap_or(0));
-        match s["status"].as_str() {
-            Some("completed") | Some("failed") => break s,
-            _ => {}
+        if let Some("completed" | "failed" | "interrupted" | "incomplete") = s["status"].as_str() {
+            break s;
         }
-        if timeout_secs > 0 && started.elapsed() > Duration::from_secs(timeout_secs) {
+        if job.timeout_secs > 0 && started.elapsed() > Duration::from_secs(job.timeout_secs) {
             bar.finish_and_clear();
             bail!(
-                "upload {id} not processed after {timeout_secs} s (status {})",
+                "upload {id} not processed after {} s (status {})",
+                job.timeout_secs,
                 s["status"]
             );
         }
@@ -319,13 +407,19 @@ async fn upload(
     };
     bar.finish_and_clear();
     print_outcome(&final_status);
-    if final_status["status"] == "failed" {
-        bail!(
+    match final_status["status"].as_str() {
+        Some("failed") => bail!(
             "upload {id} failed: {}",
             final_status["error"].as_str().unwrap_or("unknown error")
-        );
+        ),
+        Some(open @ ("interrupted" | "incomplete")) => Ok(Sent::Retry(format!(
+            "upload {id} is {open}: {}",
+            final_status["error"]
+                .as_str()
+                .unwrap_or("rows were lost before being processed")
+        ))),
+        _ => Ok(Sent::Done),
     }
-    Ok(())
 }
 
 fn print_outcome(s: &Value) {
@@ -336,6 +430,9 @@ fn print_outcome(s: &Value) {
     println!("inserted    {}", c["inserted"]);
     println!("duplicates  {}", c["duplicates"]);
     println!("rejected    {}", c["rejected"]);
+    if c["missing"].as_i64().unwrap_or(0) > 0 {
+        println!("missing     {}  rows {}", c["missing"], s["missing_rows"]);
+    }
     if let Some(reasons) = c["rejected_by_reason"].as_object() {
         for (reason, n) in reasons {
             println!("  {reason:<22} {n}");
