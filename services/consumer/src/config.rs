@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use rowpipe_core::config::{DatabaseConfig, StreamConfig, TelemetryConfig};
+use rowpipe_core::config::{DatabaseConfig, LeaseConfig, StreamConfig, TelemetryConfig};
 use rowpipe_core::validate::EmailPolicy;
 
 /// rowpipe-consumer: a consumer-group member that inserts stream rows into the
@@ -20,6 +20,21 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The upload service's lease (`ROWPIPE_UPLOAD_LEASE_SECS`): the
+    /// consumers' sweep marks `interrupted` a `receiving` upload whose
+    /// instance has not renewed it for that long.
+    #[command(flatten)]
+    pub lease: LeaseConfig,
+
+    /// Seconds a `queued` or `processing` upload may go without progress
+    /// before the sweep checks it for lost rows: when nothing of it is left
+    /// in the stream, the rows no ledger holds are named and the upload
+    /// becomes `incomplete`. Only how soon a loss is looked for: an upload
+    /// with entries still in the stream is never marked, however long it
+    /// waits.
+    #[arg(long, env = "ROWPIPE_STALL_SECS", default_value_t = 60)]
+    pub stall_secs: u64,
 
     /// Address of the small HTTP port serving /healthz, /readyz and /metrics.
     #[arg(long, env = "ROWPIPE_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
@@ -73,6 +88,7 @@ impl Config {
     /// Fail fast on values that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.stream.validate()?;
+        self.lease.validate()?;
         rowpipe_core::store::Dialect::from_url(&self.database.database_url)?;
         if self.batch_size == 0 || self.batch_size > 10_000 {
             anyhow::bail!("ROWPIPE_BATCH_SIZE must be between 1 and 10000");
@@ -95,6 +111,10 @@ impl Config {
 
     pub fn batch_timeout(&self) -> Duration {
         Duration::from_millis(self.batch_timeout_ms.max(1))
+    }
+
+    pub fn stall(&self) -> Duration {
+        Duration::from_secs(self.stall_secs)
     }
 
     pub fn claim_idle(&self) -> Duration {

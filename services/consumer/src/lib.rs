@@ -12,11 +12,16 @@
 //!   failure is blamed on (`error.rs`, `health.rs`). What the worker says to
 //!   Redis is `rowpipe_core::stream::ConsumerGroup`'s.
 //! * [`completion`]: marking uploads completed, after each batch and by a sweep.
+//! * [`loss`]: naming the rows lost in the stream (`incomplete`), settling
+//!   `interrupted` uploads, and marking `interrupted` those whose upload
+//!   instance stopped renewing its lease.
 //! * [`reclaim`]: which worker's turn it is to take over entries dead consumers left pending.
-//! * [`maintenance`]: gauges, trimming acknowledged entries, forgetting dead consumers.
+//! * [`maintenance`]: healing the group, gauges, trimming acknowledged
+//!   entries, forgetting dead consumers, and running the sweeps.
 
 pub mod completion;
 pub mod config;
+pub mod loss;
 pub mod maintenance;
 pub mod reclaim;
 pub mod startup;

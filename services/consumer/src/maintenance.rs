@@ -1,9 +1,11 @@
 //! Periodic housekeeping, one task per process: put the group back if Redis
 //! lost it, sample the stream gauges,
 //! trim what every group has acknowledged, forget consumers that left
-//! without saying goodbye (nothing pending, idle for a long time), and sweep
-//! the open uploads for any that are done (see [`crate::completion`]).
+//! without saying goodbye (nothing pending, idle for a long time), sweep
+//! the open uploads for any that are done (see [`crate::completion`]), and
+//! for any that lost rows or their upload instance (see [`crate::loss`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncTypedCommands;
@@ -11,6 +13,8 @@ use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
 use rowpipe_core::stream;
+
+use crate::config::Config;
 
 /// Consumers idle this long with nothing pending are removed from the group.
 const FORGET_IDLE: Duration = Duration::from_secs(3600);
@@ -48,22 +52,39 @@ pub async fn tick(
     Ok(())
 }
 
-/// Run [`tick`] and the completion sweep every `every` until shutdown.
+/// Run [`tick`], the completion sweep and the loss sweep (see
+/// [`crate::loss`]) every `every` until shutdown.
 pub async fn run(
     store: Store,
     mut con: ConnectionManager,
-    stream_key: String,
-    group: String,
+    config: Arc<Config>,
     every: Duration,
     mut shutdown: Shutdown,
 ) {
+    let (stream_key, group) = (&config.stream.stream, &config.stream.group);
     loop {
-        if let Err(e) = tick(&mut con, &stream_key, &group).await {
+        if let Err(e) = tick(&mut con, stream_key, group).await {
             tracing::debug!(error = %e, "housekeeping failed");
         }
         if let Err(e) = crate::completion::sweep(&store).await {
             metrics::counter!("rowpipe_db_errors_total").increment(1);
             tracing::warn!(error = %e, "could not sweep the open uploads");
+        }
+        if let Err(e) =
+            crate::loss::interrupt_lapsed(&store, &mut con, stream_key, config.lease.lease_ms())
+                .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not look for lapsed upload leases");
+        }
+        let mut losses = crate::loss::LossSweep {
+            store: &store,
+            con: &mut con,
+            stream: stream_key,
+            group,
+            stall: config.stall(),
+        };
+        if let Err(e) = losses.run().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not sweep the uploads for lost rows");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {},

@@ -87,8 +87,7 @@ impl Application {
         let housekeeping = tokio::spawn(crate::maintenance::run(
             self.store.clone(),
             self.redis.clone(),
-            self.config.stream.stream.clone(),
-            self.config.stream.group.clone(),
+            self.config.clone(),
             Duration::from_secs(5),
             shutdown.clone(),
         ));

@@ -117,6 +117,13 @@ async fn the_ledgers_account_for_every_stored_row(backend: Backend) {
             .await
             .expect("mark incomplete")
     );
+    assert!(
+        !store
+            .mark_incomplete("acct-late", &[[4, 5], [9, 9]], 3)
+            .await
+            .expect("mark incomplete again"),
+        "a second sweep finding the same loss reports nothing"
+    );
     let rec = store
         .get_upload("acct-late")
         .await

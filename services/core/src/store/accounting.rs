@@ -159,8 +159,10 @@ impl Store {
 
     /// Mark upload `id` `incomplete`: `rows_missing` rows that reached the
     /// stream (the rows of `missing`) left it without being processed. Only
-    /// while it is still being processed (`queued`, `processing`) or already
-    /// `incomplete` (its missing rows restated); false otherwise.
+    /// while it is still being processed (`queued`, `processing`), or when
+    /// it is `incomplete` with another count (its missing rows restated);
+    /// false otherwise, so of several sweeps finding the same loss one
+    /// reports it.
     pub async fn mark_incomplete(
         &self,
         id: &str,
@@ -175,13 +177,15 @@ impl Store {
         let marked = sqlx::query(self.q(
             "UPDATE uploads SET status = 'incomplete', rows_missing = ?, missing_rows = ?, \
              error = ?, updated_at_ms = ? \
-             WHERE id = ? AND status IN ('queued', 'processing', 'incomplete')",
+             WHERE id = ? AND (status IN ('queued', 'processing') \
+             OR (status = 'incomplete' AND rows_missing <> ?))",
         ))
         .bind(rows_missing)
         .bind(json)
         .bind(error)
         .bind(now_ms())
         .bind(id)
+        .bind(rows_missing)
         .execute(&self.pool)
         .await?
         .rows_affected();
