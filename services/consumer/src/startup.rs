@@ -78,6 +78,10 @@ impl Application {
     /// finish the batches in hand within the grace period.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics::gauge!("rowpipe_consumer_ready").set(1.0);
+        // Exported from the start at 0, so the first incomplete upload is an
+        // increase (`RowpipeUploadsIncomplete` uses `increase()`, which sees
+        // none in a series born at 1).
+        metrics::counter!("rowpipe_uploads_incomplete_total").absolute(0);
         let mut workers = Vec::new();
         for i in 0..self.config.workers {
             let worker = self.worker(i).await?;
