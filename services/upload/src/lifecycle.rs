@@ -91,6 +91,10 @@ pub async fn receive(
     let _in_flight = InFlight::new();
     let started = std::time::Instant::now();
 
+    // Both bodies begin the attempt the same way, once their file name is known.
+    let resumed = resumed.take();
+    let begin_attempt =
+        |file_name: Option<String>| begin(state, resumed, &upload_id, file_name, idempotency_key);
     let (report, mut attempt) = if multipart {
         let mut multipart = Multipart::from_request(request, state)
             .await
@@ -119,27 +123,12 @@ pub async fn receive(
                 .file_name()
                 .map(str::to_string)
                 .or(params.filename.clone());
-            let mut attempt = begin(
-                state,
-                resumed.take(),
-                &upload_id,
-                file_name,
-                idempotency_key,
-            )
-            .await?;
+            let mut attempt = begin_attempt(file_name).await?;
             let report = ingest(state, &mut attempt, options, field).await?;
             break (report, attempt);
         }
     } else {
-        let file_name = params.filename.clone();
-        let mut attempt = begin(
-            state,
-            resumed.take(),
-            &upload_id,
-            file_name,
-            idempotency_key,
-        )
-        .await?;
+        let mut attempt = begin_attempt(params.filename.clone()).await?;
         let body = request.into_body().into_data_stream().boxed();
         (ingest(state, &mut attempt, options, body).await?, attempt)
     };
