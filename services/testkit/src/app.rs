@@ -1,6 +1,7 @@
 //! The upload service in-process on port 0, with its own database and
 //! stream, and what a test reads back from it (HTTP, the table, the group).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -253,6 +254,26 @@ impl TestApp {
                     r.get::<String, _>(3),
                     r.get::<i64, _>(4),
                 )
+            })
+            .collect()
+    }
+
+    /// The table as (email → (upload index, row number)), each upload id
+    /// mapped to its position in `ids`: comparable with
+    /// [`Generated::oracle`](crate::Generated::oracle).
+    pub async fn table_by_upload<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> BTreeMap<String, (usize, i64)> {
+        self.contacts_dump()
+            .await
+            .into_iter()
+            .map(|(email, _, _, upload, row)| {
+                let idx = ids
+                    .iter()
+                    .position(|i| i.as_ref() == upload)
+                    .expect("known upload");
+                (email, (idx, row))
             })
             .collect()
     }

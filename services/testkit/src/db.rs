@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use rowpipe_core::config::DatabaseConfig;
+use rowpipe_core::store::Store;
 
 /// The three supported databases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,19 @@ impl TestDb {
                 })
             }
         }
+    }
+
+    /// A [`Store`] on this database (a pool of 4), migrated: for tests that
+    /// drive the store directly, without the upload service.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&DatabaseConfig {
+            database_url: self.url.clone(),
+            db_max_connections: 4,
+        })
+        .await
+        .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
     }
 
     /// Remove the database (best effort; a failed test leaves it for inspection).

@@ -4,59 +4,29 @@
 //! the missing ones, and marking an upload `incomplete` or settling an
 //! `interrupted` one only acts on an upload still open for it.
 
-use rowpipe_core::config::DatabaseConfig;
-use rowpipe_core::store::{NewUpload, Store, UploadStatus};
-use rowpipe_core::validate::RejectReason;
-use rowpipe_core::verdict::{JudgedRow, RowVerdict};
+use rowpipe_core::store::{Store, UploadRecord, UploadStatus};
+use rowpipe_core::verdict::JudgedRow;
 use rowpipe_testkit::{Backend, TestDb};
 
+use crate::fixtures::{accepted, new_upload, rejected};
+
 fn accept(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {
-    JudgedRow {
-        upload_id: upload.into(),
-        upload_seq: seq,
-        row_number: row,
-        verdict: RowVerdict::Accept {
-            email: email.to_lowercase(),
-            email_raw: email.into(),
-            name: None,
-            attributes: None,
-        },
-    }
+    accepted(upload, seq, row, email, None)
 }
 
 fn reject(upload: &str, seq: i64, row: i64) -> JudgedRow {
-    JudgedRow {
-        upload_id: upload.into(),
-        upload_seq: seq,
-        row_number: row,
-        verdict: RowVerdict::Reject {
-            reason: RejectReason::InvalidSyntax,
-            message: "not an email".into(),
-            fields: "{\"email\":\"nobody\"}".into(),
-        },
-    }
-}
-
-async fn store_for(db: &TestDb) -> Store {
-    let store = Store::connect(&DatabaseConfig {
-        database_url: db.url.clone(),
-        db_max_connections: 4,
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
-    store
+    rejected(
+        upload,
+        seq,
+        row,
+        "not an email".into(),
+        "{\"email\":\"nobody\"}".into(),
+    )
 }
 
 /// A new upload in `status` with `rows_enqueued`; its sequence number.
 async fn upload(store: &Store, id: &str, status: &str, enqueued: i64) -> i64 {
-    let seq = store
-        .create_upload(&NewUpload {
-            id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create upload");
+    let seq = new_upload(store, id).await;
     let sql = store
         .dialect()
         .sql("UPDATE uploads SET status = ?, rows_enqueued = ? WHERE id = ?");
@@ -70,9 +40,14 @@ async fn upload(store: &Store, id: &str, status: &str, enqueued: i64) -> i64 {
     seq
 }
 
+/// The upload's record, which must exist.
+async fn record(store: &Store, id: &str) -> UploadRecord {
+    store.get_upload(id).await.expect("read").expect("upload")
+}
+
 async fn the_ledgers_account_for_every_stored_row(backend: Backend) {
     let db = TestDb::create(backend).await.expect("test database");
-    let store = store_for(&db).await;
+    let store = db.store().await;
     let early = upload(&store, "acct-early", "processing", 1).await;
     let late = upload(&store, "acct-late", "processing", 10).await;
     // Rows 4, 5 and 9 of the late upload never arrive. Row 1 wins first,
@@ -124,11 +99,7 @@ async fn the_ledgers_account_for_every_stored_row(backend: Backend) {
             .expect("mark incomplete again"),
         "a second sweep finding the same loss reports nothing"
     );
-    let rec = store
-        .get_upload("acct-late")
-        .await
-        .expect("read")
-        .expect("upload");
+    let rec = record(&store, "acct-late").await;
     assert_eq!(rec.status, UploadStatus::Incomplete);
     assert_eq!(rec.counts.missing, 3);
     assert_eq!(rec.missing_rows, vec![[4, 5], [9, 9]]);
@@ -140,11 +111,7 @@ async fn the_ledgers_account_for_every_stored_row(backend: Backend) {
 
     // Found after all: back to processing, missing rows cleared.
     assert!(store.reopen_incomplete("acct-late").await.expect("reopen"));
-    let rec = store
-        .get_upload("acct-late")
-        .await
-        .expect("read")
-        .expect("upload");
+    let rec = record(&store, "acct-late").await;
     assert_eq!(rec.status, UploadStatus::Processing);
     assert_eq!((rec.counts.missing, rec.missing_rows.len()), (0, 0));
 
@@ -163,11 +130,7 @@ async fn the_ledgers_account_for_every_stored_row(backend: Backend) {
             .await
             .expect("no-op")
     );
-    let rec = store
-        .get_upload("acct-done")
-        .await
-        .expect("read")
-        .expect("upload");
+    let rec = record(&store, "acct-done").await;
     assert_eq!(
         (rec.status, rec.counts.missing),
         (UploadStatus::Completed, 0)
@@ -180,7 +143,7 @@ rowpipe_testkit::on_databases!(the_ledgers_account_for_every_stored_row: Sqlite,
 
 async fn an_interrupted_upload_is_settled_to_what_the_ledgers_show(backend: Backend) {
     let db = TestDb::create(backend).await.expect("test database");
-    let store = store_for(&db).await;
+    let store = db.store().await;
     // The last renewal recorded 2 rows enqueued; 6 reached the stream, of
     // which row 4 was lost.
     let seq = upload(&store, "acct-int", "interrupted", 2).await;
@@ -199,11 +162,7 @@ async fn an_interrupted_upload_is_settled_to_what_the_ledgers_show(backend: Back
             .await
             .expect("settle")
     );
-    let rec = store
-        .get_upload("acct-int")
-        .await
-        .expect("read")
-        .expect("upload");
+    let rec = record(&store, "acct-int").await;
     assert_eq!(
         rec.status,
         UploadStatus::Interrupted,
@@ -222,11 +181,7 @@ async fn an_interrupted_upload_is_settled_to_what_the_ledgers_show(backend: Back
             .await
             .expect("settle")
     );
-    let rec = store
-        .get_upload("acct-int")
-        .await
-        .expect("read")
-        .expect("upload");
+    let rec = record(&store, "acct-int").await;
     assert_eq!((rec.counts.enqueued, rec.counts.missing), (6, 0));
     db.drop_db().await;
 }

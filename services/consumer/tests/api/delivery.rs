@@ -16,19 +16,6 @@ use rowpipe_testkit::{
 use crate::CONSUMER_BIN;
 use crate::in_process::InProcessWorker;
 
-/// The table as (email → (upload index, row number)), upload ids mapped to
-/// their position in `ids`.
-async fn table(app: &TestApp, ids: &[String]) -> BTreeMap<String, (usize, i64)> {
-    app.contacts_dump()
-        .await
-        .into_iter()
-        .map(|(email, _, _, upload, row)| {
-            let idx = ids.iter().position(|i| *i == upload).expect("known upload");
-            (email, (idx, row))
-        })
-        .collect()
-}
-
 /// Upload `a`, and `b` as soon as `a` has been accepted (so they overlap).
 async fn two_overlapping_uploads(app: &TestApp, a: &Generated, b: &Generated) -> Vec<String> {
     let first = {
@@ -71,7 +58,7 @@ async fn run_with_consumers(
     for id in &ids {
         app.wait_completed(id, Duration::from_secs(600)).await;
     }
-    let t = table(&app, &ids).await;
+    let t = app.table_by_upload(&ids).await;
     // Counts stay exact across uploads, displacements included.
     let mut inserted = 0;
     for id in &ids {
@@ -177,7 +164,10 @@ async fn consumers_killed_at_random_lose_nothing(backend: Backend) {
     assert_eq!(c["read"], 100_000);
     assert_every_row_counted_once(&status, 100_000);
     assert_eq!(c["rejected"].as_u64(), Some(file.invalid as u64));
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     eventually(Duration::from_secs(30), "nothing pending", || async {
         app.pending().await == 0
     })
@@ -214,7 +204,10 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
     assert!(started.elapsed() < Duration::from_secs(11));
     let mut second = app.spawn_consumer(CONSUMER_BIN, &env);
     app.wait_completed(&id, Duration::from_secs(300)).await;
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     assert_eq!(app.pending().await, 0);
     app.cleanup_with(std::slice::from_mut(&mut second)).await;
 }
@@ -330,7 +323,10 @@ async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
     assert_ne!(app.status(&id).await["status"], "completed");
     proxy.up();
     app.wait_completed(&id, Duration::from_secs(300)).await;
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     assert_eq!(app.pending().await, 0);
     app.cleanup_with(&mut procs).await;
 }
@@ -375,7 +371,10 @@ async fn a_redis_restart_mid_ingest_loses_no_acknowledged_row() {
     let (id, ()) = tokio::join!(upload, restart);
     let status = app.wait_completed(&id, Duration::from_secs(300)).await;
     assert_eq!(status["counts"]["read"], 60_000);
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     eventually(Duration::from_secs(30), "nothing pending", || async {
         app.pending().await == 0
     })
@@ -454,7 +453,10 @@ async fn a_stalled_group_makes_a_large_upload_wait_within_the_backlog_bound() {
     let id = body["upload_id"].as_str().expect("id").to_string();
     assert_eq!(body["rows_enqueued"], 30_000);
     app.wait_completed(&id, Duration::from_secs(120)).await;
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     app.cleanup_with(std::slice::from_mut(&mut consumer)).await;
 }
 
@@ -615,7 +617,10 @@ async fn an_upload_whose_last_batch_was_never_checked_is_completed(
     }
     let status = app.wait_completed(&id, Duration::from_secs(60)).await;
     assert_every_row_counted_once(&status, 400);
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     eventually(Duration::from_secs(30), "nothing pending", || async {
         app.pending().await == 0
     })
@@ -698,7 +703,10 @@ async fn an_entry_stored_but_never_acknowledged_is_not_failed_when_delivered_too
         "stored rows recorded as failed: {status_now}"
     );
     assert_eq!(dead_letters(&app).await, 0, "stored entries dead-lettered");
-    assert_eq!(table(&app, std::slice::from_ref(&id)).await, expected);
+    assert_eq!(
+        app.table_by_upload(std::slice::from_ref(&id)).await,
+        expected
+    );
     app.cleanup_with(&mut procs).await;
 }
 

@@ -6,45 +6,14 @@
 //! them into `uploads` (before migration 0002); the same rows stored by
 //! several consumers at once still count once.
 
-use rowpipe_core::config::DatabaseConfig;
-use rowpipe_core::store::{NewUpload, Store};
-use rowpipe_core::validate::RejectReason;
+use rowpipe_core::store::Store;
 use rowpipe_core::verdict::{JudgedRow, RowVerdict};
 use rowpipe_testkit::{Backend, TestDb};
 
+use crate::fixtures::{accepted, new_upload, rejected};
+
 fn valid(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {
-    JudgedRow {
-        upload_id: upload.into(),
-        upload_seq: seq,
-        row_number: row,
-        verdict: RowVerdict::Accept {
-            email: email.to_lowercase(),
-            email_raw: email.into(),
-            name: Some(format!("row {row}")),
-            attributes: None,
-        },
-    }
-}
-
-async fn store_for(db: &TestDb) -> Store {
-    let store = Store::connect(&DatabaseConfig {
-        database_url: db.url.clone(),
-        db_max_connections: 4,
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
-    store
-}
-
-async fn new_upload(store: &Store, id: &str) -> i64 {
-    store
-        .create_upload(&NewUpload {
-            id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create upload")
+    accepted(upload, seq, row, email, Some(format!("row {row}")))
 }
 
 /// (email, upload, row) of every stored contact.
@@ -83,7 +52,7 @@ async fn duplicates(store: &Store, id: &str) -> Vec<i64> {
 
 async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Backend) {
     let db = TestDb::create(backend).await.expect("test database");
-    let store = store_for(&db).await;
+    let store = db.store().await;
     let a_seq = new_upload(&store, "a").await;
     let b_seq = new_upload(&store, "b").await;
 
@@ -199,7 +168,7 @@ rowpipe_testkit::on_databases!(redelivered_batches_change_neither_the_table_nor_
 
 async fn counts_written_by_consumers_older_than_the_progress_table_still_count(backend: Backend) {
     let db = TestDb::create(backend).await.expect("test database");
-    let store = store_for(&db).await;
+    let store = db.store().await;
     let seq = new_upload(&store, "u").await;
     // A consumer built before migration 0002 (still running during a rolling
     // upgrade) adds its counts to the `uploads` row itself.
@@ -235,16 +204,13 @@ async fn counts_written_by_consumers_older_than_the_progress_table_still_count(b
 rowpipe_testkit::on_databases!(counts_written_by_consumers_older_than_the_progress_table_still_count: Sqlite, Postgres, MySql);
 
 fn invalid(upload: &str, seq: i64, row: i64) -> JudgedRow {
-    JudgedRow {
-        upload_id: upload.into(),
-        upload_seq: seq,
-        row_number: row,
-        verdict: RowVerdict::Reject {
-            reason: RejectReason::InvalidSyntax,
-            message: format!("row {row}: not an email"),
-            fields: format!("{{\"email\":\"nobody-{row}\"}}"),
-        },
-    }
+    rejected(
+        upload,
+        seq,
+        row,
+        format!("row {row}: not an email"),
+        format!("{{\"email\":\"nobody-{row}\"}}"),
+    )
 }
 
 /// Everything a batch leaves behind, comparable across databases.
@@ -269,9 +235,9 @@ async fn the_same_rows_stored_by_several_consumers_at_once_count_once(backend: B
     let once_db = TestDb::create(backend).await.expect("reference database");
     let mut stores = Vec::new();
     for _ in 0..CONSUMERS {
-        stores.push(store_for(&db).await);
+        stores.push(db.store().await);
     }
-    let once = store_for(&once_db).await;
+    let once = once_db.store().await;
     let mut seqs = Vec::new();
     for id in ["a", "b"] {
         let seq = new_upload(&stores[0], id).await;

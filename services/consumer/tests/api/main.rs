@@ -6,6 +6,7 @@
 
 mod accounting;
 mod delivery;
+mod fixtures;
 mod in_process;
 mod ledger;
 mod pipeline;

@@ -6,13 +6,12 @@
 //! lost must end naming exactly the rows that were, and a resume with its
 //! `Idempotency-Key` must complete it with the table one clean pass leaves.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use rowpipe_testkit::{
-    AppOptions, Backend, Generated, OwnRedis, TestApp, assert_every_row_counted_once, eventually,
-    generate_contacts, spawn_app, spawn_app_with,
+    AppOptions, Backend, ConsumerProcess, Generated, OwnRedis, TestApp,
+    assert_every_row_counted_once, eventually, generate_contacts, spawn_app, spawn_app_with,
 };
 use serde_json::Value;
 
@@ -30,6 +29,34 @@ async fn group_exists(
     groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == group))
 }
 
+/// A connection of the test's own to `redis`.
+async fn connect(redis: &OwnRedis) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url.as_str()).expect("redis url");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis")
+}
+
+/// The test app on `redis`, with `options` otherwise.
+async fn app_on(backend: Backend, redis: &OwnRedis, options: AppOptions) -> TestApp {
+    spawn_app_with(
+        backend,
+        AppOptions {
+            redis_url: Some(redis.url.clone()),
+            ..options
+        },
+    )
+    .await
+}
+
+/// Two consumer processes with `settings`.
+fn two_consumers(app: &TestApp, settings: &[(&str, &str)]) -> Vec<ConsumerProcess> {
+    (0..2)
+        .map(|_| app.spawn_consumer(CONSUMER_BIN, settings))
+        .collect()
+}
+
 /// How the queue is lost.
 #[derive(Clone, Copy, Debug)]
 enum Loss {
@@ -43,11 +70,7 @@ enum Loss {
 async fn lose_the_queue(redis: &mut OwnRedis, loss: Loss) {
     match loss {
         Loss::Flushall => {
-            let client = redis::Client::open(redis.url.as_str()).expect("redis url");
-            let mut con = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect to the test's redis");
+            let mut con = connect(redis).await;
             let () = redis::cmd("FLUSHALL")
                 .query_async(&mut con)
                 .await
@@ -77,36 +100,14 @@ async fn upload_after_the_loss(app: &TestApp, body: Vec<u8>) -> String {
     }
 }
 
-async fn the_group_heals_and_new_uploads_complete(backend: Backend, loss: Loss) {
-    let mut redis = OwnRedis::start().await.expect("own redis-server");
-    let app = spawn_app_with(
-        backend,
-        AppOptions {
-            redis_url: Some(redis.url.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
-    // A claim idle time below the read's 1 s block makes a reclaim turn due
-    // on every turn of the loop, so the heal has to work from the reclaim
-    // path too (the read path is never reached while the reclaim fails).
-    // One worker per process: a second one would read while the first
-    // holds the reclaim turn, and heal by luck.
-    let settings = [("ROWPIPE_CLAIM_IDLE_MS", "500"), ("ROWPIPE_WORKERS", "1")];
-    let mut procs: Vec<_> = (0..2)
-        .map(|_| app.spawn_consumer(CONSUMER_BIN, &settings))
-        .collect();
-    let first = generate_contacts(3_000, 10, 2, 71);
-    let id = app.upload_ok(first.csv.clone()).await;
-    app.wait_completed(&id, Duration::from_secs(120)).await;
-
-    lose_the_queue(&mut redis, loss).await;
-    let client = redis::Client::open(redis.url.as_str()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis");
-
+/// After the loss: the consumers put the group back by themselves within
+/// 10 s, and a new upload of 3,000 rows (`seed`) completes with every row
+/// counted once; that file and its upload id.
+async fn the_group_heals_and_a_new_upload_completes(
+    app: &TestApp,
+    con: &redis::aio::MultiplexedConnection,
+    seed: u64,
+) -> (Generated, String) {
     // Nobody restarts anything: the consumers put the group back.
     eventually(Duration::from_secs(10), "the group to be recreated", || {
         let mut con = con.clone();
@@ -114,11 +115,30 @@ async fn the_group_heals_and_new_uploads_complete(backend: Backend, loss: Loss) 
         async move { group_exists(&mut con, &stream, &group).await }
     })
     .await;
-
-    let second = generate_contacts(3_000, 10, 2, 72);
-    let id = upload_after_the_loss(&app, second.csv.clone()).await;
+    let second = generate_contacts(3_000, 10, 2, seed);
+    let id = upload_after_the_loss(app, second.csv.clone()).await;
     let status = app.wait_completed(&id, Duration::from_secs(60)).await;
     assert_every_row_counted_once(&status, 3_000);
+    (second, id)
+}
+
+async fn the_group_heals_and_new_uploads_complete(backend: Backend, loss: Loss) {
+    let mut redis = OwnRedis::start().await.expect("own redis-server");
+    let app = app_on(backend, &redis, AppOptions::default()).await;
+    // A claim idle time below the read's 1 s block makes a reclaim turn due
+    // on every turn of the loop, so the heal has to work from the reclaim
+    // path too (the read path is never reached while the reclaim fails).
+    // One worker per process: a second one would read while the first
+    // holds the reclaim turn, and heal by luck.
+    let settings = [("ROWPIPE_CLAIM_IDLE_MS", "500"), ("ROWPIPE_WORKERS", "1")];
+    let mut procs = two_consumers(&app, &settings);
+    let first = generate_contacts(3_000, 10, 2, 71);
+    let id = app.upload_ok(first.csv.clone()).await;
+    app.wait_completed(&id, Duration::from_secs(120)).await;
+
+    lose_the_queue(&mut redis, loss).await;
+    let mut con = connect(&redis).await;
+    the_group_heals_and_a_new_upload_completes(&app, &con, 72).await;
     eventually(Duration::from_secs(30), "nothing pending", || async {
         app.pending().await == 0
     })
@@ -221,19 +241,6 @@ async fn wait_status(app: &TestApp, id: &str, wanted: &[&str], timeout: Duration
     }
 }
 
-/// The table as (email → (upload index, row number)), for comparing with
-/// [`Generated::oracle`].
-async fn table(app: &TestApp, ids: &[&str]) -> BTreeMap<String, (usize, i64)> {
-    app.contacts_dump()
-        .await
-        .into_iter()
-        .map(|(email, _, _, upload, row)| {
-            let idx = ids.iter().position(|i| *i == upload).expect("known upload");
-            (email, (idx, row))
-        })
-        .collect()
-}
-
 /// POST `body` under `key` (the first attempt or a resume); the upload id.
 async fn post_keyed(app: &TestApp, key: &str, body: Vec<u8>) -> String {
     let resp = app.upload_csv_keyed(key, body).await;
@@ -275,23 +282,14 @@ const LOSS_SETTINGS: [(&str, &str); 4] = [
 /// resume POST with its key completes it with the one-pass table.
 async fn rows_lost_in_an_emptied_redis_are_named_and_resumed(backend: Backend) {
     let mut redis = OwnRedis::start().await.expect("own redis-server");
-    let app = spawn_app_with(
-        backend,
-        AppOptions {
-            redis_url: Some(redis.url.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = app_on(backend, &redis, AppOptions::default()).await;
     let first = generate_contacts(30_000, 10, 2, 81);
     // Every row in the stream before any consumer runs, so the loss is
     // certain to catch some of them there.
     let key = format!("loss-{}", uuid::Uuid::new_v4().simple());
     let id = post_keyed(&app, &key, first.csv.clone()).await;
     wait_status(&app, &id, &["queued"], Duration::from_secs(60)).await;
-    let mut procs: Vec<_> = (0..2)
-        .map(|_| app.spawn_consumer(CONSUMER_BIN, &LOSS_SETTINGS))
-        .collect();
+    let mut procs = two_consumers(&app, &LOSS_SETTINGS);
     eventually(
         Duration::from_secs(60),
         "the consumers to be under way",
@@ -311,21 +309,8 @@ async fn rows_lost_in_an_emptied_redis_are_named_and_resumed(backend: Backend) {
         "the loss came too late to lose anything"
     );
 
-    let client = redis::Client::open(redis.url.as_str()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis");
-    eventually(Duration::from_secs(10), "the group to be recreated", || {
-        let mut con = con.clone();
-        let (stream, group) = (app.stream.clone(), app.group.clone());
-        async move { group_exists(&mut con, &stream, &group).await }
-    })
-    .await;
-    let second = generate_contacts(3_000, 10, 2, 82);
-    let id2 = upload_after_the_loss(&app, second.csv.clone()).await;
-    let status2 = app.wait_completed(&id2, Duration::from_secs(60)).await;
-    assert_every_row_counted_once(&status2, 3_000);
+    let mut con = connect(&redis).await;
+    let (second, id2) = the_group_heals_and_a_new_upload_completes(&app, &con, 82).await;
 
     let status = wait_status(&app, &id, &["incomplete"], Duration::from_secs(60)).await;
     assert_losses_named(&app, &id, &status).await;
@@ -340,7 +325,7 @@ async fn rows_lost_in_an_emptied_redis_are_named_and_resumed(backend: Backend) {
     assert_every_row_counted_once(&done, 30_000);
     assert_eq!(done["counts"]["missing"].as_i64(), Some(0), "{done}");
     assert_eq!(
-        table(&app, &[&id, &id2]).await,
+        app.table_by_upload(&[&id, &id2]).await,
         Generated::oracle(&[&first, &second]),
         "the table is the one-pass table"
     );
@@ -359,18 +344,16 @@ rowpipe_testkit::on_databases!(rows_lost_in_an_emptied_redis_are_named_and_resum
 /// with the one-pass table; if nothing was lost it simply completes.
 async fn writes_an_everysec_redis_lost_are_named_and_resumable(backend: Backend) {
     let mut redis = OwnRedis::start_everysec().await.expect("own redis-server");
-    let app = spawn_app_with(
+    let app = app_on(
         backend,
+        &redis,
         AppOptions {
-            redis_url: Some(redis.url.clone()),
             upload_lease_secs: 3,
             ..Default::default()
         },
     )
     .await;
-    let mut procs: Vec<_> = (0..2)
-        .map(|_| app.spawn_consumer(CONSUMER_BIN, &LOSS_SETTINGS))
-        .collect();
+    let mut procs = two_consumers(&app, &LOSS_SETTINGS);
     let file = generate_contacts(60_000, 10, 2, 83);
     let key = format!("aof-{}", uuid::Uuid::new_v4().simple());
     // The host crashes right after the upload's last write was
@@ -420,7 +403,10 @@ async fn writes_an_everysec_redis_lost_are_named_and_resumable(backend: Backend)
     }
     let done = app.wait_completed(&id, Duration::from_secs(180)).await;
     assert_every_row_counted_once(&done, 60_000);
-    assert_eq!(table(&app, &[&id]).await, Generated::oracle(&[&file]));
+    assert_eq!(
+        app.table_by_upload(&[&id]).await,
+        Generated::oracle(&[&file])
+    );
     assert!(
         app.receiving_past_lease(Duration::from_secs(3))
             .await

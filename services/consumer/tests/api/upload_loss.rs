@@ -33,6 +33,25 @@ fn paced(csv: Vec<u8>, pause: Duration) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream)
 }
 
+/// The POST of `file` under [`KEY`] to the instance at `address`, paced
+/// (see [`paced`]), spawned.
+fn spawn_paced_post(
+    app: &TestApp,
+    address: &str,
+    file: &Generated,
+    pause: Duration,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let request = app
+        .client
+        .post(format!("{address}/v1/uploads"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/csv")
+        .header("idempotency-key", KEY)
+        .body(paced(file.csv.clone(), pause))
+        .send();
+    tokio::spawn(request)
+}
+
 async fn record(app: &TestApp) -> Option<UploadRecord> {
     app.store.upload_by_idempotency_key(KEY).await.expect("db")
 }
@@ -92,15 +111,7 @@ async fn a_killed_upload_instance_is_interrupted_and_a_resume_completes_it(backe
     let mut doomed = app.spawn_upload_process(&lease_env).await;
     let file = generate_contacts(ROWS, 10, 3, 14);
 
-    let request = app
-        .client
-        .post(format!("{}/v1/uploads", doomed.address))
-        .bearer_auth(TOKEN)
-        .header("content-type", "text/csv")
-        .header("idempotency-key", KEY)
-        .body(paced(file.csv.clone(), Duration::from_millis(40)))
-        .send();
-    let request = tokio::spawn(request);
+    let request = spawn_paced_post(&app, &doomed.address, &file, Duration::from_millis(40));
 
     // Kill once a renewal recorded rows in the stream: mid-upload, with
     // work to account for.
@@ -185,15 +196,7 @@ async fn a_retry_while_the_first_instance_is_live_gets_409_then_replays(backend:
     let app = spawn_app_with(backend, AppOptions::default()).await;
     let mut consumer = app.spawn_consumer(CONSUMER_BIN, &[]);
     let file = generate_contacts(20_000, 10, 3, 15);
-    let first = app
-        .client
-        .post(format!("{}/v1/uploads", app.address))
-        .bearer_auth(TOKEN)
-        .header("content-type", "text/csv")
-        .header("idempotency-key", KEY)
-        .body(paced(file.csv.clone(), Duration::from_millis(100)))
-        .send();
-    let first = tokio::spawn(first);
+    let first = spawn_paced_post(&app, &app.address, &file, Duration::from_millis(100));
     record_when(&app, Duration::from_secs(30), "the upload's record", |_| {
         true
     })

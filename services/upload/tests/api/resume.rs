@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use rowpipe_core::store::{NewUpload, UploadStatus};
+use rowpipe_core::store::{NewUpload, UploadRecord, UploadStatus};
 use rowpipe_testkit::{AppOptions, Backend, TOKEN, TestApp, spawn_app_with};
 use serde_json::Value;
 
@@ -66,16 +66,21 @@ async fn upload_under(app: &TestApp, key: &str) -> String {
     }
 }
 
+/// The upload's record, which must exist.
+async fn record_of(app: &TestApp, id: &str) -> UploadRecord {
+    app.store.get_upload(id).await.expect("db").expect("record")
+}
+
 /// The upload's record once it has `status` (or fail after `timeout`).
 async fn record_once(
     app: &TestApp,
     id: &str,
     status: UploadStatus,
     timeout: Duration,
-) -> rowpipe_core::store::UploadRecord {
+) -> UploadRecord {
     let started = Instant::now();
     loop {
-        let record = app.store.get_upload(id).await.expect("db").expect("record");
+        let record = record_of(app, id).await;
         if record.status == status {
             return record;
         }
@@ -212,19 +217,9 @@ async fn an_upload_whose_instance_is_gone_is_interrupted_by_the_sweep_and_resuma
         took < lease + Duration::from_secs(3),
         "interrupted {took:?} after creation, lease {lease:?}"
     );
-    let record = app
-        .store
-        .get_upload(&dead.id)
-        .await
-        .expect("db")
-        .expect("record");
+    let record = record_of(&app, &dead.id).await;
     assert!(record.error.unwrap_or_default().contains("lease"));
-    let live_now = app
-        .store
-        .get_upload(&live.id)
-        .await
-        .expect("db")
-        .expect("record");
+    let live_now = record_of(&app, &live.id).await;
     assert_eq!(live_now.status, UploadStatus::Receiving);
 
     let resumed = app.upload_csv_keyed("dead-key", whole_file(1_000)).await;
