@@ -31,10 +31,18 @@ pub struct LeaseProgress {
     pub last_entry_id: Option<String>,
 }
 
-/// The condition of a lapsed lease. An upload without one (recorded by an
-/// upload service that did not take leases) lapses `lease_ms` after its
-/// last update.
+/// The condition of a lapsed lease; its first bind is [`leaseless_grace`].
+/// An upload without a lease was recorded by an upload service older than
+/// leases, which never updates the record while it reads the body: during
+/// a rolling upgrade such an upload is live for as long as its body takes,
+/// so it lapses only after a long silence, not after one lease.
 const LAPSED: &str = "COALESCE(lease_expires_at_ms, updated_at_ms + ?) < ?";
+
+/// How long a `receiving` upload without a lease may go without an update
+/// before it counts as abandoned: an hour, or one lease if that is longer.
+fn leaseless_grace(lease_ms: i64) -> i64 {
+    lease_ms.max(3_600_000)
+}
 
 /// Why a lapsed upload is interrupted, as its record says.
 const LAPSED_ERROR: &str = "the upload service instance receiving this upload stopped renewing its lease \
@@ -145,7 +153,7 @@ impl Store {
         let lapsed: Vec<String> = sqlx::query_scalar(self.q(&format!(
             "SELECT id FROM uploads WHERE status = 'receiving' AND {LAPSED} ORDER BY seq"
         )))
-        .bind(lease_ms)
+        .bind(leaseless_grace(lease_ms))
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -163,7 +171,7 @@ impl Store {
             .bind(stream_tip)
             .bind(now)
             .bind(&id)
-            .bind(lease_ms)
+            .bind(leaseless_grace(lease_ms))
             .bind(now)
             .execute(&self.pool)
             .await?
@@ -200,7 +208,7 @@ impl Store {
         .bind(now + lease_ms)
         .bind(now)
         .bind(id)
-        .bind(lease_ms)
+        .bind(leaseless_grace(lease_ms))
         .bind(now)
         .execute(&self.pool)
         .await?
