@@ -109,7 +109,12 @@ impl LossSweep<'_> {
             // `incomplete` or `interrupted`, and already settled.
             return Ok(());
         }
-        if self.still_in_stream(candidate).await? {
+        // The range as it is now, after the record: a resume since the
+        // candidates were listed has moved both.
+        let Some(range) = self.store.accounting_candidate(id).await? else {
+            return Ok(());
+        };
+        if range.status != record.status || self.still_in_stream(&range).await? {
             return Ok(());
         }
         let accounted = self.store.accounted_rows(id).await?;

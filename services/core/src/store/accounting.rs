@@ -140,12 +140,38 @@ impl Store {
     /// (`queued`, `processing`), or ended by a loss whose count can still
     /// change (`incomplete`, `interrupted`).
     pub async fn accounting_candidates(&self) -> Result<Vec<AccountingCandidate>, StoreError> {
-        let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(self.q(
+        self.select_candidates(
+            "status IN ('queued', 'processing', 'incomplete', 'interrupted')",
+            None,
+        )
+        .await
+    }
+
+    /// Upload `id` as a candidate, read now: its status and entry-id range
+    /// as they are after a record read, so a sweep never checks a fresh
+    /// record against the range of an earlier attempt.
+    pub async fn accounting_candidate(
+        &self,
+        id: &str,
+    ) -> Result<Option<AccountingCandidate>, StoreError> {
+        Ok(self.select_candidates("id = ?", Some(id)).await?.pop())
+    }
+
+    async fn select_candidates(
+        &self,
+        condition: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<AccountingCandidate>, StoreError> {
+        let sql = self.q(&format!(
             "SELECT id, status, first_entry_id, last_entry_id FROM uploads \
-             WHERE status IN ('queued', 'processing', 'incomplete', 'interrupted') ORDER BY seq",
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE {condition} ORDER BY seq"
+        ));
+        let mut query = sqlx::query_as(sql);
+        if let Some(id) = id {
+            query = query.bind(id);
+        }
+        let rows: Vec<(String, String, Option<String>, Option<String>)> =
+            query.fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .map(|(upload_id, status, first, last)| AccountingCandidate {

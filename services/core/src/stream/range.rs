@@ -33,10 +33,6 @@ pub async fn holds_range(
         Err(e) if is_missing_key(&e) => Vec::new(),
         Err(e) => return Err(e),
     };
-    let Some(info) = groups.into_iter().find(|g| g.name == group) else {
-        super::ensure_group(con, stream, group).await?;
-        return Ok(false);
-    };
     let Some(last_id) = parse_id(last) else {
         return Ok(false);
     };
@@ -44,6 +40,15 @@ pub async fn holds_range(
     if first_id > last_id {
         return Ok(false);
     }
+    let Some(info) = groups.into_iter().find(|g| g.name == group) else {
+        // A group created now starts at `0`: every entry still in the
+        // stream is undelivered to it, so the range holds whatever the
+        // stream still has of it.
+        super::ensure_group(con, stream, group).await?;
+        let start = format!("{}-{}", first_id.0, first_id.1);
+        let left = con.xrange_count(stream, &start, last, 1usize).await?;
+        return Ok(!left.ids.is_empty());
+    };
     // Undelivered: after the group's last-delivered id, within the range.
     let delivered = parse_id(&info.last_delivered_id).unwrap_or((0, 0));
     if delivered < last_id {
