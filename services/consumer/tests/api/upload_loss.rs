@@ -151,17 +151,25 @@ async fn a_killed_upload_instance_is_interrupted_and_a_resume_completes_it(backe
             .is_empty(),
         "no receiving upload outlives its lease"
     );
-    // The rows that reached the stream are processed and counted.
+    // The rows that reached the stream are processed and counted, and once
+    // nothing of the upload is left in the stream its `rows_enqueued` is
+    // settled to what reached it: every row the dead instance wrote after
+    // its last renewal included, none missing (this Redis lost nothing).
     let counted = record_when(
         &app,
         Duration::from_secs(120),
-        "the interrupted upload's rows counted",
-        |r| r.counts.processed >= interrupted.counts.enqueued,
+        "the interrupted upload's rows counted and settled",
+        |r| {
+            r.counts.processed >= interrupted.counts.enqueued
+                && r.counts.processed + r.counts.missing == r.counts.enqueued
+        },
     )
     .await;
     assert_eq!(counted.status, UploadStatus::Interrupted);
     let c = &counted.counts;
     assert_eq!(c.processed, c.inserted + c.duplicates + c.rejected);
+    assert_eq!(c.missing, 0, "nothing was lost in Redis: {counted:?}");
+    assert_eq!(c.enqueued, c.processed, "{counted:?}");
 
     // The resume, to another instance.
     let resumed = app.upload_csv_keyed(KEY, file.csv.clone()).await;
