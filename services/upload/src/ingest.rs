@@ -260,6 +260,7 @@ where
     } else {
         rows_enqueued
     };
+    let written = attempt.lease.progress();
     Ok(IngestReport {
         body: FinishedBody {
             size_bytes: size as i64,
@@ -271,7 +272,8 @@ where
                 .unwrap_or_else(|| ",".into()),
             rows_read,
             rows_enqueued,
-            last_entry_id: attempt.lease.progress().last_entry_id,
+            first_entry_id: written.first_entry_id,
+            last_entry_id: written.last_entry_id,
             lease_owner: Some(attempt.lease.owner().to_string()),
         },
     })

@@ -183,6 +183,9 @@ pub struct FinishedBody {
     pub delimiter: String,
     pub rows_read: i64,
     pub rows_enqueued: i64,
+    /// The id Redis gave the upload's first entry in this attempt (None:
+    /// none written); an earlier attempt's first entry stands.
+    pub first_entry_id: Option<String>,
     /// The id Redis gave the upload's last entry (None: no entry written
     /// in this attempt; the recorded one stands).
     pub last_entry_id: Option<String>,
@@ -289,7 +292,8 @@ impl Store {
         };
         let sql = self.q(&format!(
             "UPDATE uploads SET size_bytes = ?, sha256 = ?, encoding = ?, delimiter = ?, \
-             rows_read = ?, rows_enqueued = ?, last_entry_id = COALESCE(?, last_entry_id), \
+             rows_read = ?, rows_enqueued = ?, first_entry_id = COALESCE(first_entry_id, ?), \
+             last_entry_id = COALESCE(?, last_entry_id), \
              lease_expires_at_ms = NULL, updated_at_ms = ?, \
              status = CASE WHEN rows_processed > 0 THEN 'processing' ELSE 'queued' END \
              WHERE id = ? AND status = 'receiving'{owner_check}"
@@ -301,6 +305,7 @@ impl Store {
             .bind(&body.delimiter)
             .bind(body.rows_read)
             .bind(body.rows_enqueued)
+            .bind(&body.first_entry_id)
             .bind(&body.last_entry_id)
             .bind(now_ms())
             .bind(id);

@@ -230,3 +230,38 @@ async fn an_upload_whose_instance_is_gone_is_interrupted_by_the_sweep_and_resuma
     assert_eq!(body["attempts"], 2);
     app.cleanup().await;
 }
+
+/// The first and last stream ids of an upload's entries, as recorded.
+async fn recorded_range(app: &TestApp, id: &str) -> (Option<String>, Option<String>) {
+    let sql = app
+        .store
+        .dialect()
+        .sql("SELECT first_entry_id, last_entry_id FROM uploads WHERE id = ?");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_one(app.store.pool())
+        .await
+        .expect("read the upload's entry range")
+}
+
+#[tokio::test]
+async fn an_upload_shorter_than_a_lease_renewal_records_the_id_range_of_its_entries() {
+    use redis::AsyncTypedCommands;
+    let app = spawn_app_with(Backend::Sqlite, AppOptions::default()).await;
+    let id = app.upload_ok(whole_file(1_200)).await;
+    let (first, last) = recorded_range(&app, &id).await;
+    // The test's stream holds this upload's entries only.
+    let mut con = app.redis.clone();
+    let oldest = con
+        .xrange_count(&app.stream, "-", "+", 1usize)
+        .await
+        .expect("XRANGE");
+    let newest = con
+        .xrevrange_count(&app.stream, "+", "-", 1usize)
+        .await
+        .expect("XREVRANGE");
+    assert_eq!(first.as_deref(), oldest.ids.first().map(|e| e.id.as_str()));
+    assert_eq!(last.as_deref(), newest.ids.first().map(|e| e.id.as_str()));
+    assert!(first.is_some() && first != last, "{first:?} .. {last:?}");
+    app.cleanup().await;
+}
