@@ -94,7 +94,7 @@ impl Enqueuer {
         incoming: u64,
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
     ) -> Result<(), EnqueueError> {
-        // Measuring costs a round trip; skip it while we are far below the bound.
+        // Measuring costs a round trip: none while we are far below the bound.
         let estimate = self.last_backlog + self.since_check + incoming;
         if estimate <= self.config.max_backlog / 2 && self.since_check < self.config.max_backlog / 4
         {

@@ -7,8 +7,8 @@
 //! previous batch, and when the writer waits (backpressure) the channel fills
 //! and the body is no longer read: memory stays bounded.
 //!
-//! An attempt that resumes an upload reads the whole file again and skips
-//! the rows its earlier attempts got accounted for; the others are enqueued
+//! An attempt that resumes an upload reads the whole file again and leaves
+//! out the rows its earlier attempts got accounted for; the others are enqueued
 //! under the same upload id and sequence number. How the attempt ends
 //! decides the record: a fault of the file (too large, unreadable as CSV)
 //! fails it; any other end interrupts it, resumable, with the row reached.

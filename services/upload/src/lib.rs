@@ -16,7 +16,7 @@
 //! * [`idempotency`]: `Idempotency-Key` and `X-Content-SHA256` replays.
 //! * [`intake`]: bytes → decoded text → CSV records → numbered rows (no I/O).
 //! * [`ingest`]: one attempt at an upload's body → intake → batches →
-//!   [`enqueue`], skipping the rows a resumed upload has accounted for.
+//!   [`enqueue`], leaving out the rows a resumed upload has accounted for.
 //! * [`lease`]: this instance's lease on the uploads it receives (renewed
 //!   with their progress, or the upload interrupted), and the sweep that
 //!   marks the uploads of dead instances `interrupted`.

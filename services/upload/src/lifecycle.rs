@@ -8,7 +8,7 @@
 //! interrupted for the service's).
 //!
 //! A request repeating an `interrupted` or `incomplete` upload resumes it:
-//! same record, a fresh lease, the rows already accounted for skipped.
+//! same record, a fresh lease, the rows already accounted for not sent again.
 //! One repeating an upload a live instance is still receiving gets `409`.
 
 use axum::extract::{FromRequest, Multipart, Request};

@@ -67,9 +67,16 @@ enum Loss {
     RestartEmpty,
 }
 
+/// Lose the queue on `redis`, the test's own server (never the shared one:
+/// `OwnRedis` runs a redis-server of its own on a free port).
 async fn lose_the_queue(redis: &mut OwnRedis, loss: Loss) {
     match loss {
         Loss::Flushall => {
+            assert_ne!(
+                redis.url,
+                rowpipe_testkit::redis_url(),
+                "FLUSHALL only on the test's own redis-server"
+            );
             let mut con = connect(redis).await;
             let () = redis::cmd("FLUSHALL")
                 .query_async(&mut con)

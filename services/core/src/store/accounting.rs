@@ -75,7 +75,7 @@ impl RowSet {
                 row += 1;
                 continue;
             }
-            // Skip whole empty words past the set's end at once.
+            // Whole empty words past the set's end are passed over at once.
             let start = row;
             while row <= upto && !self.contains(row) {
                 if row > self.max {
