@@ -249,10 +249,11 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let json = (!missing.is_empty())
             .then(|| serde_json::to_string(missing).unwrap_or_else(|_| "[]".into()));
-        let settled = sqlx::query(self.q("UPDATE uploads SET \
-             rows_enqueued = CASE WHEN rows_enqueued < ? THEN ? ELSE rows_enqueued END, \
-             rows_missing = ?, missing_rows = ?, updated_at_ms = ? \
-             WHERE id = ? AND status = 'interrupted'"))
+        let settled = sqlx::query(self.q(&format!(
+            "UPDATE uploads SET {}, rows_missing = ?, missing_rows = ?, updated_at_ms = ? \
+             WHERE id = ? AND status = 'interrupted'",
+            super::leases::raise("rows_enqueued"),
+        )))
         .bind(rows_enqueued)
         .bind(rows_enqueued)
         .bind(rows_missing)

@@ -38,6 +38,13 @@ pub struct LeaseProgress {
 /// so it lapses only after a long silence, not after one lease.
 const LAPSED: &str = "COALESCE(lease_expires_at_ms, updated_at_ms + ?) < ?";
 
+/// `col = <the new value, if larger>`: a count that never goes down (an
+/// earlier attempt of a resumed upload may have gone further). The new
+/// value is bound twice.
+pub(super) fn raise(col: &str) -> String {
+    format!("{col} = CASE WHEN {col} < ? THEN ? ELSE {col} END")
+}
+
 /// How long a `receiving` upload without a lease may go without an update
 /// before it counts as abandoned: an hour, or one lease if that is longer.
 fn leaseless_grace(lease_ms: i64) -> i64 {
@@ -72,14 +79,14 @@ impl Store {
         progress: &LeaseProgress,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let renewed = sqlx::query(self.q(
-            "UPDATE uploads SET lease_expires_at_ms = ?, updated_at_ms = ?, \
-             rows_enqueued = CASE WHEN rows_enqueued < ? THEN ? ELSE rows_enqueued END, \
-             rows_read = CASE WHEN rows_read < ? THEN ? ELSE rows_read END, \
+        let renewed = sqlx::query(self.q(&format!(
+            "UPDATE uploads SET lease_expires_at_ms = ?, updated_at_ms = ?, {}, {}, \
              first_entry_id = COALESCE(first_entry_id, ?), \
              last_entry_id = COALESCE(?, last_entry_id) \
              WHERE id = ? AND status = 'receiving' AND lease_owner = ?",
-        ))
+            raise("rows_enqueued"),
+            raise("rows_read"),
+        )))
         .bind(now + lease_ms)
         .bind(now)
         .bind(progress.rows_enqueued)
@@ -112,14 +119,14 @@ impl Store {
         rows_enqueued: i64,
         last_entry_id: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let marked = sqlx::query(
-            self.q("UPDATE uploads SET status = 'interrupted', error = ?, \
-             rows_read = CASE WHEN rows_read < ? THEN ? ELSE rows_read END, \
-             rows_enqueued = CASE WHEN rows_enqueued < ? THEN ? ELSE rows_enqueued END, \
+        let marked = sqlx::query(self.q(&format!(
+            "UPDATE uploads SET status = 'interrupted', error = ?, {}, {}, \
              last_entry_id = COALESCE(?, last_entry_id), lease_expires_at_ms = NULL, \
              updated_at_ms = ? \
-             WHERE id = ? AND status = 'receiving' AND lease_owner = ?"),
-        )
+             WHERE id = ? AND status = 'receiving' AND lease_owner = ?",
+            raise("rows_read"),
+            raise("rows_enqueued"),
+        )))
         .bind(error)
         .bind(rows_read)
         .bind(rows_read)
@@ -135,9 +142,9 @@ impl Store {
         Ok(marked > 0)
     }
 
-    /// Mark `interrupted` every `receiving` upload whose lease lapsed
-    /// (`lease_ms` is the lease of uploads recorded without one); returns
-    /// the ids this call marked.
+    /// Mark `interrupted` every `receiving` upload whose lease (`lease_ms`)
+    /// lapsed, uploads recorded without a lease after [`leaseless_grace`];
+    /// returns the ids this call marked.
     ///
     /// The dead instance wrote nothing after its lease lapsed, so every
     /// entry of the upload is at or below `stream_tip` (the stream's last
