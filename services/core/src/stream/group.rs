@@ -13,9 +13,9 @@
 //!
 //! The group and the stream are created by [`super::ensure_group`] (both
 //! programs need that), and again when they vanished from under a running
-//! consumer: by [`ConsumerGroup::read`] and [`ConsumerGroup::keep_claimed`]
-//! themselves, and by [`ConsumerGroup::create`] for the consumer's loop,
-//! which heals whatever command of a turn met `NOGROUP`.
+//! consumer: by [`ConsumerGroup::keep_claimed`] itself (it runs beside the
+//! loop), and by [`ConsumerGroup::create`] for the consumer's loop, which
+//! heals whatever command of a turn met `NOGROUP`, reads included.
 //!
 //! What to do with the replies (when to retry, when to give up, what to
 //! count) is the consumer's business, not this module's: each call sends
@@ -91,8 +91,8 @@ impl ConsumerGroup {
 
     /// Up to `count` entries never delivered before, waiting up to `block`
     /// for the first. A group that vanished (e.g. a Redis without
-    /// persistence restarted) is created again and the read comes back
-    /// empty: the next one finds the group.
+    /// persistence restarted) is a `NOGROUP` error, healed by the
+    /// consumer's loop like any other command's.
     pub async fn read(
         &mut self,
         count: usize,
@@ -105,15 +105,7 @@ impl ConsumerGroup {
             count,
             block,
         };
-        match self.reader.read(request).await {
-            Ok(entries) => Ok(entries),
-            Err(e) if e.is_no_group() => {
-                tracing::warn!("consumer group missing; recreating it");
-                self.create().await?;
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e),
-        }
+        self.reader.read(request).await
     }
 
     /// Take over up to `count` entries pending longer than `min_idle` on
