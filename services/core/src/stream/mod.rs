@@ -92,10 +92,7 @@ pub async fn tip(con: &mut ConnectionManager, stream: &str) -> redis::RedisResul
         .await
     {
         Ok(v) => v,
-        // `ERR no such key`, as for `XINFO GROUPS` in [`backlog`].
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
-            return Ok("0-0".into());
-        }
+        Err(e) if is_missing_key(&e) => return Ok("0-0".into()),
         Err(e) => return Err(e),
     };
     // RESP2 replies with a flat array of names and values, RESP3 with a map.
@@ -144,9 +141,7 @@ pub async fn backlog(
     let length = con.xlen(stream).await? as u64;
     let groups = match con.xinfo_groups(stream).await {
         Ok(g) => g.groups,
-        // `ERR no such key`: a missing stream is the only generic error
-        // `XINFO GROUPS` replies with (a key of another type is `WRONGTYPE`).
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => Vec::new(),
+        Err(e) if is_missing_key(&e) => Vec::new(),
         Err(e) => return Err(e),
     };
     let Some(info) = groups.into_iter().find(|g| g.name == group) else {
@@ -231,4 +226,10 @@ pub async fn trim_acknowledged(
         .query_async(con)
         .await?;
     Ok(removed)
+}
+
+/// `ERR no such key`: a missing stream is the one generic error the
+/// `XINFO` commands reply with (a key of another type is `WRONGTYPE`).
+pub(crate) fn is_missing_key(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
 }

@@ -13,9 +13,9 @@
 //! tip ([`super::tip`]).
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncTypedCommands, ErrorKind, RedisResult, ServerErrorKind};
+use redis::{AsyncTypedCommands, RedisResult};
 
-use super::parse_id;
+use super::{is_missing_key, parse_id};
 
 /// True if an entry with an id in `[first, last]` (`first` `None`: from the
 /// start) is still undelivered to `group` or pending in it. A missing
@@ -71,10 +71,4 @@ pub async fn holds_range(
         .xpending_count(stream, group, &start, last, 1usize)
         .await?;
     Ok(!pending.ids.is_empty())
-}
-
-/// `ERR no such key`: the one generic error the `XINFO` commands reply with
-/// (a key of another type is `WRONGTYPE`).
-fn is_missing_key(e: &redis::RedisError) -> bool {
-    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
 }
