@@ -75,7 +75,8 @@ impl RowSet {
                 row += 1;
                 continue;
             }
-            // Whole empty words past the set's end are passed over at once.
+            // Past the set's largest row nothing is accounted for: the range
+            // runs to `upto` at once.
             let start = row;
             while row <= upto && !self.contains(row) {
                 if row > self.max {

@@ -312,9 +312,13 @@ impl Store {
         if let Some(owner) = &body.lease_owner {
             update = update.bind(owner);
         }
-        let finished = update.execute(&self.pool).await?.rows_affected();
-        self.try_complete(id).await?;
-        Ok(finished > 0)
+        let finished = update.execute(&self.pool).await?.rows_affected() > 0;
+        // Not finished here (interrupted, or resumed elsewhere): not this
+        // call's to complete either.
+        if finished {
+            self.try_complete(id).await?;
+        }
+        Ok(finished)
     }
 
     /// The body could not be read to the end. Rows already in the stream are
