@@ -53,24 +53,6 @@ pub struct LossSweep<'a> {
     pub stall: Duration,
 }
 
-/// Mark `interrupted` the `receiving` uploads whose lease lapsed (their
-/// instance is gone). The stream's tip is read first: the dead instance
-/// wrote nothing after it, so it bounds the upload's entries.
-pub async fn interrupt_lapsed(
-    store: &Store,
-    con: &mut ConnectionManager,
-    stream_key: &str,
-    lease_ms: i64,
-) -> anyhow::Result<Vec<String>> {
-    let tip = stream::tip(con, stream_key).await?;
-    let marked = store.interrupt_lapsed_uploads(lease_ms, &tip).await?;
-    for upload in &marked {
-        metrics::counter!("rowpipe_uploads_total", "status" => "interrupted").increment(1);
-        tracing::warn!(upload_id = %upload, "upload interrupted: its instance stopped renewing its lease");
-    }
-    Ok(marked)
-}
-
 impl LossSweep<'_> {
     /// Look at every upload open for accounting once.
     pub async fn run(&mut self) -> anyhow::Result<LossReport> {

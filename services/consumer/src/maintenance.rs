@@ -70,9 +70,13 @@ pub async fn run(
             metrics::counter!("rowpipe_db_errors_total").increment(1);
             tracing::warn!(error = %e, "could not sweep the open uploads");
         }
-        if let Err(e) =
-            crate::loss::interrupt_lapsed(&store, &mut con, stream_key, config.lease.lease_ms())
-                .await
+        if let Err(e) = rowpipe_core::store::leases::interrupt_lapsed(
+            &store,
+            &mut con,
+            stream_key,
+            config.lease.lease_ms(),
+        )
+        .await
         {
             tracing::warn!(error = %format!("{e:#}"), "could not look for lapsed upload leases");
         }

@@ -250,26 +250,15 @@ pub async fn sweep_lapsed(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.requested() => return,
         }
-        // The tip is read first: entries of a dead instance are all below it.
-        let tip = match rowpipe_core::stream::tip(&mut redis, &stream).await {
-            Ok(tip) => tip,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the stream's tip; sweeping later");
-                continue;
-            }
-        };
-        match store.interrupt_lapsed_uploads(lease.lease_ms(), &tip).await {
-            Ok(marked) => {
-                for upload_id in &marked {
-                    metrics::counter!("rowpipe_uploads_total", "status" => "interrupted")
-                        .increment(1);
-                    tracing::warn!(
-                        upload_id = %upload_id,
-                        "upload interrupted: its lease lapsed (the instance receiving it is gone)"
-                    );
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot sweep lapsed uploads; sweeping later"),
+        let swept = rowpipe_core::store::leases::interrupt_lapsed(
+            &store,
+            &mut redis,
+            &stream,
+            lease.lease_ms(),
+        )
+        .await;
+        if let Err(e) = swept {
+            tracing::debug!(error = %format!("{e:#}"), "cannot sweep lapsed uploads; sweeping later");
         }
     }
 }

@@ -223,3 +223,22 @@ impl Store {
         Ok(reopened > 0)
     }
 }
+
+/// Mark `interrupted` the `receiving` uploads whose lease lapsed (their
+/// instance is gone), for the sweeps of both programs; returns their ids.
+/// The stream's tip is read first: the dead instance wrote nothing after
+/// it, so it bounds the upload's entries.
+pub async fn interrupt_lapsed(
+    store: &Store,
+    con: &mut redis::aio::ConnectionManager,
+    stream_key: &str,
+    lease_ms: i64,
+) -> anyhow::Result<Vec<String>> {
+    let tip = crate::stream::tip(con, stream_key).await?;
+    let marked = store.interrupt_lapsed_uploads(lease_ms, &tip).await?;
+    for upload in &marked {
+        metrics::counter!("rowpipe_uploads_total", "status" => "interrupted").increment(1);
+        tracing::warn!(upload_id = %upload, "upload interrupted: its lease lapsed (the instance receiving it is gone)");
+    }
+    Ok(marked)
+}
