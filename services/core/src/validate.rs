@@ -47,11 +47,14 @@ pub enum RejectReason {
     RowTooLong,
     BadEncoding,
     ProcessingFailed,
+    /// A quoted field that does not close before the end of the file or
+    /// within the field limit (the intake resumes on the next line).
+    UnterminatedQuote,
 }
 
 impl RejectReason {
     /// Every reason, for metrics and documentation.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         Self::MissingEmail,
         Self::InvalidSyntax,
         Self::MultipleAt,
@@ -66,6 +69,7 @@ impl RejectReason {
         Self::RowTooLong,
         Self::BadEncoding,
         Self::ProcessingFailed,
+        Self::UnterminatedQuote,
     ];
 
     /// The stable code, e.g. `invalid_domain`.
@@ -85,6 +89,7 @@ impl RejectReason {
             Self::RowTooLong => "row_too_long",
             Self::BadEncoding => "bad_encoding",
             Self::ProcessingFailed => "processing_failed",
+            Self::UnterminatedQuote => "unterminated_quote",
         }
     }
 

@@ -7,10 +7,15 @@
 //!
 //! Nothing here does I/O, so the same code runs under the HTTP handler, the
 //! tests and the fuzz target. Memory is bounded by the limits: a record
-//! longer than `max_row_bytes` is not kept, only counted and rejected.
+//! longer than `max_row_bytes` is not kept, only counted and rejected, and a
+//! quote that does not close ([`quote`]) is rejected where it opened and
+//! reading resumes on the next line, re-reading at most `max_field_bytes`.
 
 pub mod decode;
+pub mod quote;
 pub mod sniff;
+
+use std::borrow::Cow;
 
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 use rowpipe_core::row::{ColumnError, ColumnMap};
@@ -18,6 +23,7 @@ use rowpipe_core::stream::EntryBody;
 use rowpipe_core::validate::{RejectReason, Rejection};
 
 use decode::Utf8Decoder;
+use quote::QuoteWatch;
 
 /// Row-level limits. Exceeding one rejects that row only.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +93,10 @@ pub enum IntakeError {
     NoEmailInFirstRow,
     #[error("the file is empty: a header row with an email column is expected")]
     Empty,
+    #[error("the first row opens a quoted field that does not close; check the file's quoting")]
+    UnterminatedQuoteInHeader,
+    #[error("the header row contains a NUL character; is this a CSV file?")]
+    NulInHeader,
 }
 
 /// Longest original field kept in a reject entry (the ledger stays small).
@@ -98,6 +108,7 @@ pub struct Intake {
     decoder: Utf8Decoder,
     text: String,
     parser: Option<Reader>,
+    quotes: Option<QuoteWatch>,
     delimiter: Option<u8>,
     record: Vec<u8>,
     out: Vec<u8>,
@@ -119,6 +130,7 @@ impl Intake {
             options,
             text: String::new(),
             parser: None,
+            quotes: None,
             record: Vec::new(),
             out: vec![0; 64 * 1024],
             ends,
@@ -181,16 +193,37 @@ impl Intake {
                 .delimiter
                 .get_or_insert_with(|| sniff::detect_delimiter(text));
             self.parser = Some(ReaderBuilder::new().delimiter(delimiter).build());
+            self.quotes = Some(QuoteWatch::new(
+                delimiter,
+                self.options.limits.max_field_bytes,
+            ));
         }
-        let mut input = text.as_bytes();
+        // Borrowed until a resync replaces it with the bytes to read again.
+        let mut input: Cow<[u8]> = Cow::Borrowed(text.as_bytes());
+        let mut pos = 0;
         loop {
-            let Some(parser) = self.parser.as_mut() else {
+            let (Some(parser), Some(quotes)) = (self.parser.as_mut(), self.quotes.as_mut()) else {
                 return Ok(());
             };
+            if eof && pos == input.len() && quotes.in_quoted_field() {
+                // The input ended inside a quoted field.
+                let replay = self.give_up_quote(out)?;
+                input = Cow::Owned(replay);
+                pos = 0;
+                continue;
+            }
             let ends_start = self.nends.min(self.ends.len() - 1);
             let (res, nin, nout, nend) =
-                parser.read_record(input, &mut self.out, &mut self.ends[ends_start..]);
-            input = &input[nin..];
+                parser.read_record(&input[pos..], &mut self.out, &mut self.ends[ends_start..]);
+            if let Some(at) = quotes.feed(&input[pos..pos + nin]) {
+                // A quoted field ran past a line end and the field limit.
+                let mut replay = self.give_up_quote(out)?;
+                replay.extend_from_slice(&input[pos + at..]);
+                input = Cow::Owned(replay);
+                pos = 0;
+                continue;
+            }
+            pos += nin;
             if !self.overflow {
                 if self.record.len() + nout > self.options.limits.max_row_bytes {
                     self.overflow = true;
@@ -225,6 +258,62 @@ impl Intake {
                 ReadRecordResult::End => return Ok(()),
             }
         }
+    }
+
+    /// The open quoted field does not close: reject the row it opened in,
+    /// start a fresh parser at the line after the opening one, and return
+    /// the bytes from there that were already given to the old parser.
+    fn give_up_quote(&mut self, out: &mut Vec<IntakeRow>) -> Result<Vec<u8>, IntakeError> {
+        let Some(columns) = &self.columns else {
+            return Err(IntakeError::UnterminatedQuoteInHeader);
+        };
+        let quotes = self.quotes.as_mut();
+        let past_line_end = quotes.as_ref().is_some_and(|q| q.past_line_end());
+        let replay = quotes.map(|q| {
+            let replay = q.take_replay();
+            q.reset();
+            replay
+        });
+        let nends = self.nends.min(self.ends.len());
+        let completed = &self.ends[..nends];
+        let mut raw: Vec<String> = Vec::with_capacity(nends + 1);
+        let mut start = 0;
+        for &end in completed.iter().chain(std::iter::once(&self.record.len())) {
+            let bytes = self.record.get(start..end).unwrap_or_default();
+            raw.push(keep_prefix(&String::from_utf8_lossy(bytes)));
+            start = end;
+        }
+        let column = columns
+            .headers
+            .get(nends)
+            .map(|h| format!("{h:?}"))
+            .unwrap_or_else(|| format!("number {}", nends + 1));
+        let limit = self.options.limits.max_field_bytes;
+        let message = if past_line_end {
+            format!(
+                "the quoted field {column} opened in this row does not close within {limit} bytes \
+                 or before the end of the file; reading resumed on the next line"
+            )
+        } else {
+            format!(
+                "the quoted field {column} opened in this row does not close before the end of the file"
+            )
+        };
+        self.rows += 1;
+        out.push(IntakeRow {
+            row_number: self.rows,
+            body: EntryBody::Rejected {
+                rejection: Rejection::new(RejectReason::UnterminatedQuote, message),
+                raw,
+            },
+        });
+        let delimiter = self.delimiter.unwrap_or(b',');
+        self.parser = Some(ReaderBuilder::new().delimiter(delimiter).build());
+        self.record.clear();
+        self.nends = 0;
+        self.overflow = false;
+        self.too_many_fields = false;
+        Ok(replay.unwrap_or_default())
     }
 
     fn on_record(&mut self, out: &mut Vec<IntakeRow>) -> Result<(), IntakeError> {
@@ -332,6 +421,18 @@ impl Intake {
             ));
             return Ok(());
         }
+        // PostgreSQL text cannot hold NUL; no database should be handed one.
+        if let Some(i) = fields.iter().position(|f| f.contains('\0')) {
+            out.push(reject(
+                RejectReason::BadEncoding,
+                format!(
+                    "field {:?} contains a NUL character (0x00)",
+                    columns.headers[i]
+                ),
+                &fields,
+            ));
+            return Ok(());
+        }
         out.push(IntakeRow {
             row_number,
             body: EntryBody::Row(columns.split(&fields)),
@@ -347,6 +448,9 @@ impl Intake {
         out: &mut Vec<IntakeRow>,
     ) -> Result<(), IntakeError> {
         let limits = self.options.limits;
+        if self.options.has_header && fields.iter().any(|f| f.contains('\0')) {
+            return Err(IntakeError::NulInHeader);
+        }
         if fields.len() > limits.max_columns {
             return Err(IntakeError::TooManyColumns {
                 found: fields.len(),

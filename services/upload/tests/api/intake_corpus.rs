@@ -235,7 +235,10 @@ fn binary_garbage_and_files_without_an_email_column_are_refused() {
     assert!(
         matches!(
             err,
-            IntakeError::Columns(_) | IntakeError::TooManyColumns { .. }
+            IntakeError::Columns(_)
+                | IntakeError::TooManyColumns { .. }
+                | IntakeError::NulInHeader
+                | IntakeError::UnterminatedQuoteInHeader
         ),
         "{err:?}"
     );

@@ -5,3 +5,4 @@
 mod http;
 mod intake_corpus;
 mod resume;
+mod unterminated_quote;
