@@ -27,6 +27,12 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Separate address for `/healthz`, `/readyz` and `/metrics` (they stay on
+    /// the API address too), so probes and scrapers can be let in where the
+    /// API is not (a NetworkPolicy, an Ingress that routes only `/v1`).
+    #[arg(long, env = "ROWPIPE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Accepted bearer tokens, comma-separated.
     #[arg(long, env = "ROWPIPE_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<String>,

@@ -22,6 +22,8 @@
 //!   marks the uploads of dead instances `interrupted`.
 //! * [`enqueue`]: pipelined `XADD` with backpressure on the group's backlog.
 //! * [`csv_writer`]: the exports' CSV, quoted by hand and streamed page by page.
+//! * [`stream_gauges`]: the group's lag, pending and length gauges, sampled
+//!   here too so they exist while the consumers are scaled to zero.
 //!
 //! Dependencies point one way: `startup` → `routes` → `lifecycle` →
 //! `ingest` → `intake`/`enqueue`/`lease`, and everything that needs the shared state
@@ -41,6 +43,7 @@ pub mod options;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod stream_gauges;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

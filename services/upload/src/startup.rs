@@ -18,15 +18,19 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    /// `ROWPIPE_METRICS_LISTEN`: the probes and `/metrics` on a port of their own.
+    metrics: Option<(TcpListener, Router)>,
     shutdown: Shutdown,
     sweep: Sweep,
 }
 
-/// What the lapsed-lease sweep needs (see [`crate::lease::sweep_lapsed`]).
+/// What the lapsed-lease sweep needs (see [`crate::lease::sweep_lapsed`]),
+/// and the stream gauges (see [`crate::stream_gauges`]).
 struct Sweep {
     store: Store,
     redis: redis::aio::ConnectionManager,
     stream: String,
+    group: String,
     lease: rowpipe_core::config::LeaseConfig,
 }
 
@@ -55,6 +59,10 @@ impl Application {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -68,6 +76,7 @@ impl Application {
             store: state.store.clone(),
             redis: state.redis.clone(),
             stream: state.enqueue.stream.clone(),
+            group: state.enqueue.group.clone(),
             lease: state.config.lease.clone(),
         };
         // Uploads and exports need a token; probes, scrapers and the API
@@ -76,6 +85,8 @@ impl Application {
             .merge(routes::uploads::router())
             .merge(routes::exports::router())
             .layer(axum::middleware::from_fn_with_state(auth, require_token));
+        let metrics =
+            metrics_listener.map(|l| (l, routes::health::router().with_state(state.clone())));
         let router = Router::new()
             .merge(api)
             .merge(routes::health::router())
@@ -85,6 +96,7 @@ impl Application {
             listener,
             router,
             port,
+            metrics,
             shutdown,
             sweep,
         })
@@ -95,12 +107,24 @@ impl Application {
         self.port
     }
 
+    /// The bound probe and metrics port, when `ROWPIPE_METRICS_LISTEN` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        let (listener, _) = self.metrics.as_ref()?;
+        listener.local_addr().ok().map(|a| a.port())
+    }
+
     /// Serve, and sweep uploads whose lease lapsed, until shutdown is
     /// requested; then let in-flight uploads finish (or be interrupted,
     /// resumable, after the grace period) and return.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let mut shutdown = self.shutdown;
         let sweep = self.sweep;
+        let gauges = tokio::spawn(crate::stream_gauges::run(
+            sweep.redis.clone(),
+            sweep.stream.clone(),
+            sweep.group,
+            shutdown.clone(),
+        ));
         let sweeper = tokio::spawn(crate::lease::sweep_lapsed(
             sweep.store,
             sweep.redis,
@@ -108,11 +132,29 @@ impl Application {
             sweep.lease,
             shutdown.clone(),
         ));
+        // Exported from the start at 0, so the first failed or interrupted
+        // upload is an increase to the alerts' `increase()`.
+        for status in ["failed", "interrupted"] {
+            metrics::counter!("rowpipe_uploads_total", "status" => status).absolute(0);
+        }
+        let metrics_server = self.metrics.map(|(listener, router)| {
+            let mut stop = shutdown.clone();
+            tracing::info!(port = ?listener.local_addr().ok().map(|a| a.port()), "probes and /metrics listening");
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.requested().await })
+                    .await
+            })
+        });
         tracing::info!(port = self.port, "rowpipe-upload listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.requested().await })
             .await?;
         sweeper.abort();
+        gauges.abort();
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         tracing::info!("rowpipe-upload stopped");
         Ok(())
     }

@@ -5,4 +5,5 @@
 mod http;
 mod intake_corpus;
 mod resume;
+mod stream_gauges;
 mod unterminated_quote;

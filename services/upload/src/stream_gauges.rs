@@ -1,0 +1,54 @@
+//! The stream gauges (`rowpipe_stream_group_lag`, `_pending`, `_length`),
+//! sampled by the upload service too.
+//!
+//! The consumers sample them in their housekeeping, but a consumer group
+//! scaled to zero (KEDA `minReplicaCount: 0`) exports nothing, and then the
+//! signal that rows are waiting would vanish exactly when nobody takes them.
+//! The upload service already talks to the same stream and group, so it
+//! exports the same gauges with the same labels; the alerts aggregate with
+//! `max by (stream, group)`, so several exporters read as one.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rowpipe_core::shutdown::Shutdown;
+use rowpipe_core::stream;
+
+/// How often the gauges are sampled: as often as the consumers' housekeeping.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Sample the group's backlog once and set the gauges.
+pub async fn sample(
+    con: &mut ConnectionManager,
+    stream_key: &str,
+    group: &str,
+) -> redis::RedisResult<stream::GroupBacklog> {
+    let backlog = stream::backlog(con, stream_key, group).await?;
+    let labels = [
+        ("stream", stream_key.to_string()),
+        ("group", group.to_string()),
+    ];
+    metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
+    metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
+    metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
+    Ok(backlog)
+}
+
+/// Run [`sample`] every [`SAMPLE_EVERY`] until shutdown. A failed sample
+/// keeps the last values (Redis errors are counted where requests meet them).
+pub async fn run(
+    mut con: ConnectionManager,
+    stream_key: String,
+    group: String,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        if let Err(e) = sample(&mut con, &stream_key, &group).await {
+            tracing::debug!(error = %e, "cannot sample the stream gauges; trying again later");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = shutdown.requested() => return,
+        }
+    }
+}
