@@ -27,6 +27,13 @@ K8S_VERSION = os.environ.get("ROWPIPE_K8S_VERSION", "1.33.0")
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 RELEASE = "rowpipe"
 NAMESPACE = "rowpipe"
+# APIs of the CRDs the chart may render, as a cluster with KEDA and the Prometheus
+# Operator serves them (the chart refuses to render those objects without them).
+CRD_API_VERSIONS = ["keda.sh/v1alpha1/ScaledObject", "keda.sh/v1alpha1/TriggerAuthentication",
+                    "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule"]
+# The longest release name Helm accepts is 53 characters; one with the chart name
+# in it (used alone as the prefix) and one without (suffixed with "-rowpipe").
+LONG_RELEASES = ["a" * 53, ("rowpipe-" + "b" * 53)[:53]]
 
 # Trigger metadata keys the KEDA redis-streams scaler reads (KEDA docs, v2.12+). The CRD
 # types trigger metadata as map[string]string, so the scaler keys are checked here.
@@ -45,10 +52,10 @@ REQUIRED_ALERT_METRICS = {
 # passed through verbatim (validated after rendering by kubernetes-validate).
 SCHEMA_PASSTHROUGH = [
     r"^global$",
-    r"^(upload|consumer)\.affinity\.(nodeAffinity|podAffinity|podAntiAffinity)$",
-    r"^(upload|consumer)\.tolerations\[\]$",
+    r"^(upload|consumer|migration)\.affinity\.(nodeAffinity|podAffinity|podAntiAffinity)$",
+    r"^(upload|consumer|migration)\.tolerations\[\]$",
     r"^(upload|consumer|migration)\.extraEnv\[\]$",
-    r"^networkPolicy\.(apiFrom|metricsFrom|egressTo)\[\]$",
+    r"^networkPolicy\.(apiFrom|metricsFrom|egressTo|redisTo|databaseTo|otlpTo)\[\]$",
 ]
 
 
@@ -117,10 +124,17 @@ class Chart:
     def values_file(self, name):
         return os.path.join(self.dir, name)
 
-    def template(self, values=(), sets=()):
-        key = (tuple(values), tuple(sets))
+    def template(self, values=(), sets=(), release=RELEASE, base=True, api_versions=True):
+        """helm template; `base` puts ci/base/auth-values.yaml first (the chart has no
+        default token), `api_versions` renders as for a cluster serving the CRDs."""
+        key = (tuple(values), tuple(sets), release, base, api_versions)
         if key not in self.cache:
-            cmd = [self.helm, "template", RELEASE, self.dir, "--namespace", NAMESPACE]
+            cmd = [self.helm, "template", release, self.dir, "--namespace", NAMESPACE]
+            if api_versions:
+                for a in CRD_API_VERSIONS:
+                    cmd += ["--api-versions", a]
+            if base:
+                cmd += ["-f", os.path.join(self.dir, "ci", "base", "auth-values.yaml")]
             for v in values:
                 cmd += ["-f", v]
             for s in sets:
@@ -129,8 +143,8 @@ class Chart:
             self.cache[key] = p
         return self.cache[key]
 
-    def render(self, values=(), sets=()):
-        p = self.template(values, sets)
+    def render(self, values=(), sets=(), **kw):
+        p = self.template(values, sets, **kw)
         require(p.returncode == 0, f"helm template failed: {first_error_line(p.stderr)}")
         return [d for d in yaml.safe_load_all(p.stdout) if d]
 
@@ -274,9 +288,12 @@ def check_schema_rejects(chart):
 
 
 def check_lint(chart, values):
-    cmd = [chart.helm, "lint", "--strict", chart.dir]
+    cmd = [chart.helm, "lint", "--strict", chart.dir, "-f", os.path.join(chart.dir, "ci", "base", "auth-values.yaml")]
     for v in values:
         cmd += ["-f", v]
+    # helm lint has no --api-versions, and the chart refuses CRD objects a cluster
+    # does not serve: lint without them (helm template checks them, with the APIs).
+    cmd += ["--set", "keda.enabled=false,metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false"]
     p = run(cmd)
     out = p.stdout + p.stderr
     require(p.returncode == 0, first_error_line(out))
@@ -633,8 +650,230 @@ def check_network_policy(chart):
         require(len(matched) == 1, f"NetworkPolicy {np['metadata']['name']} selects {matched}")
         require(set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}, f"{np['metadata']['name']}: not both directions")
         egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r.get("ports", [])}
-        require({53, 6379, 3306, 4317} <= egress_ports, f"{np['metadata']['name']}: egress ports {sorted(egress_ports)}")
+        require({53, 6379, 3306} <= egress_ports, f"{np['metadata']['name']}: egress ports {sorted(egress_ports)}")
+        require(4317 not in egress_ports and 4318 not in egress_ports, f"{np['metadata']['name']}: OTLP egress without tracing")
     return "3 policies (upload, consumer, migration), each selecting exactly its pods"
+
+
+# ---------------------------------------------------------------------------------
+# names, determinism, value combinations
+
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Kinds whose name must be a DNS-1035 label (63) or becomes a label value (63):
+# Services; a Job's name is its pods' job-name label; KEDA labels the HPA it
+# creates with scaledobject.keda.sh/name.
+NAME_LIMIT_63 = {"Service": DNS1035_LABEL, "Job": DNS1123_LABEL, "ScaledObject": DNS1123_LABEL}
+
+
+def name_problems(docs):
+    out = []
+    for d in docs:
+        kind, name = d["kind"], d["metadata"]["name"]
+        if kind in NAME_LIMIT_63:
+            if len(name) > 63 or not NAME_LIMIT_63[kind].match(name):
+                out.append(f"{kind}/{name} ({len(name)} characters; at most 63, {NAME_LIMIT_63[kind].pattern})")
+        elif len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+            out.append(f"{kind}/{name} is not a DNS subdomain of at most 253 characters")
+        labels = dict(d["metadata"].get("labels") or {})
+        tmpl = (d.get("spec") or {}).get("template", {}).get("metadata", {})
+        labels.update(tmpl.get("labels") or {})
+        for k, v in labels.items():
+            v = str(v)
+            if len(v) > 63 or not LABEL_VALUE.match(v):
+                out.append(f"{kind}/{name}: label {k}={v!r} ({len(v)} characters; a label value has at most 63)")
+        for c in (tmpl and pod_spec(d).get("containers", [])) or []:
+            for port in c.get("ports", []):
+                if len(port.get("name", "")) > 15:
+                    out.append(f"{kind}/{name}: container port name {port['name']!r} over 15 characters")
+    return out
+
+
+def check_name_lengths(chart, values):
+    """Every name and label the chart renders fits its Kubernetes limit for the
+    longest release names Helm accepts (and a long fullnameOverride)."""
+    problems = []
+    longest = 0
+    cases = [(rel, []) for rel in LONG_RELEASES] + [(RELEASE, ["fullnameOverride=" + "f" * 70])]
+    for rel, sets in cases:
+        p = chart.template(values, sets, release=rel)
+        require(p.returncode == 0, f"release {rel!r}: helm template failed: {first_error_line(p.stderr)}")
+        docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+        problems += [f"release {rel} {' '.join(sets)}: {x}" for x in name_problems(docs)]
+        longest = max([longest] + [len(d["metadata"]["name"]) for d in docs if d["kind"] in NAME_LIMIT_63])
+    require(not problems, "; ".join(problems[:4]))
+    return f"{len(cases)} long names: every name and label fits (longest Service/Job/ScaledObject name: {longest})"
+
+
+def check_name_check_catches_overlong():
+    """The name check itself: a 66-character Service name (the old 50 + -consumer-metrics) is caught."""
+    svc = {"kind": "Service", "metadata": {"name": "x" * 49 + "-consumer-metrics", "labels": {}}, "spec": {}}
+    require(name_problems([svc]), "a 66-character Service name passed the name check")
+    return "a 66-character Service name is refused"
+
+
+def check_render_deterministic(chart, values):
+    """Two renders are byte-identical: nothing random (a generated token rotating
+    on every `helm template`, as Argo CD and Tilt render) reaches the manifests."""
+    a = chart.template(values, ["nameOverride="])
+    b = chart.template(values, ["nameOverride=", "commonLabels=null"])
+    require(a.returncode == 0 and b.returncode == 0, "helm template failed")
+    if a.stdout != b.stdout:
+        import difflib
+        diff = [line for line in difflib.unified_diff(a.stdout.splitlines(), b.stdout.splitlines(), lineterm="", n=0)
+                if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+        raise CheckError("two renders differ: " + " | ".join(diff[:4]))
+    return "two renders identical"
+
+
+def check_auth_token_required(chart):
+    p = chart.template(base=False)
+    require(p.returncode != 0 and "auth.tokens" in p.stderr,
+            "the chart rendered without any token source (it would draw a random token on every render)")
+    two = [chart.template(sets=["auth.generateToken=true"], base=False) for _ in range(2)]
+    require(all(t.returncode == 0 for t in two), "auth.generateToken=true does not render")
+    a = chart.render(sets=["auth.tokens={token-a-0123456789abcdef}"])
+    b = chart.render(sets=["auth.tokens={token-b-0123456789abcdef}"])
+    ann = lambda docs, comp: pod_spec(one(docs, "Deployment", f"{RELEASE}-{comp}")) and \
+        one(docs, "Deployment", f"{RELEASE}-{comp}")["spec"]["template"]["metadata"]["annotations"]
+    require(ann(a, "consumer") == ann(b, "consumer"), "the consumer pods restart when the API token changes")
+    require(ann(a, "upload") != ann(b, "upload"), "the upload pods do not restart when the API token changes")
+    return ("no token source fails with a clear message; a token change restarts the upload, not the consumer")
+
+
+def check_crd_capabilities(chart):
+    for sets, needle in ((["keda.enabled=true"], "keda.enabled"),
+                         (["metrics.serviceMonitor.enabled=true"], "ServiceMonitor"),
+                         (["metrics.prometheusRule.enabled=true"], "PrometheusRule")):
+        p = chart.template(sets=sets, api_versions=False)
+        require(p.returncode != 0 and needle in p.stderr,
+                f"--set {sets[0]} rendered for a cluster that does not serve the CRD: {first_error_line(p.stderr) or 'no error'}")
+    return "KEDA, ServiceMonitor and PrometheusRule refused with a clear message where their API is not served"
+
+
+def _peers_allowing(rules, port, direction):
+    """Peer lists of the NetworkPolicy rules that admit `port` (None: any peer)."""
+    out = []
+    for r in rules:
+        ports = r.get("ports")
+        if ports is None or any(p.get("port") == port for p in ports):
+            out.append(r.get(direction))
+    return out
+
+
+def check_network_policy_combination(chart):
+    """NetworkPolicies with tracing and observability on (ci/networkpolicy-tracing-values.yaml):
+    each dependency on its own port from its own peers; Prometheus reaches both programs'
+    metrics ports (those the ServiceMonitor scrapes); the API port only from the ingress."""
+    path = chart.values_file("ci/networkpolicy-tracing-values.yaml")
+    vals = yaml.safe_load(open(path))
+    np_vals = vals["networkPolicy"]
+    docs = chart.render([path])
+    redis_port = int(vals["redis"]["address"].rsplit(":", 1)[1])
+    db_port = np_vals["databasePort"]
+    otlp_port = int(re.search(r":(\d+)$", vals["otel"]["endpoint"]).group(1))
+    want = {"Redis": (redis_port, np_vals["redisTo"]), "database": (db_port, np_vals["databaseTo"]),
+            "OTLP collector": (otlp_port, np_vals["otlpTo"])}
+    sm = one(docs, "ServiceMonitor")
+    scraped = {e["port"] for e in sm["spec"]["endpoints"]}
+    for np in find(docs, "NetworkPolicy"):
+        name = np["metadata"]["name"]
+        egress = np["spec"]["egress"]
+        for what, (port, peers) in want.items():
+            allowed = _peers_allowing(egress, port, "to")
+            require(allowed, f"{name}: no egress to the {what} on port {port}")
+            require(all(a == peers for a in allowed),
+                    f"{name}: egress to the {what} on port {port} goes to {allowed}, not its own peers {peers}")
+        component = np["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component == "migration":
+            require(not np["spec"].get("ingress"), f"{name}: the migration admits ingress")
+            continue
+        dep = one(docs, "Deployment", f"{RELEASE}-{component}")
+        c = pod_spec(dep)["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        ingress = np["spec"]["ingress"]
+        for port_name in scraped:
+            require(port_name in ports, f"{component}: the ServiceMonitor scrapes port {port_name!r}, which the pod does not have")
+            allowed = _peers_allowing(ingress, port_name, "from")
+            require(np_vals["metricsFrom"] in allowed, f"{name}: Prometheus (metricsFrom) cannot reach port {port_name!r}")
+        for probe in ("livenessProbe", "readinessProbe"):
+            pport = c[probe]["httpGet"]["port"]
+            require(pport in ports and pport != "http", f"{component}: {probe} on port {pport!r}, not the metrics port")
+        if component == "upload":
+            api = _peers_allowing(ingress, "http", "from")
+            require(api == [np_vals["apiFrom"]], f"{name}: the API port admits {api}, not only apiFrom")
+            env = container_env(docs, pod_spec(dep), c)
+            require(env.get("ROWPIPE_METRICS_LISTEN", "").endswith(f":{ports['metrics']}"),
+                    f"upload: ROWPIPE_METRICS_LISTEN {env.get('ROWPIPE_METRICS_LISTEN')!r} is not the metrics port {ports['metrics']}")
+    p = chart.template([path], ["networkPolicy.databasePort=5432"])
+    require(p.returncode != 0 and "databasePort" in p.stderr, "a databasePort that is not database.url's port rendered")
+    return (f"3 policies: Redis :{redis_port}, database :{db_port}, OTLP :{otlp_port} each to its own peers; "
+            f"metrics ports {sorted(scraped)} open to Prometheus; API only from the ingress")
+
+
+def check_rollout_and_disruption(chart, values):
+    docs = chart.render(values)
+    dep = one(docs, "Deployment", f"{RELEASE}-upload")
+    spec = pod_spec(dep)
+    c = spec["containers"][0]
+    env = container_env(docs, spec, c)
+    grace = int(env.get("ROWPIPE_SHUTDOWN_GRACE_SECS") or 0)
+    require(grace > 0, "upload: ROWPIPE_SHUTDOWN_GRACE_SECS is not set from the chart")
+    pause = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    require(pause > 0, "upload: no preStop pause (requests routed during the endpoint removal are dropped)")
+    require(spec["terminationGracePeriodSeconds"] > pause + grace,
+            f"upload: terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} <= preStop {pause} + grace {grace}")
+    for pdb in find(docs, "PodDisruptionBudget"):
+        require(pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+                f"PodDisruptionBudget {pdb['metadata']['name']}: unready pods (a database outage) would block node drains")
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    if hpa:
+        require("replicas" not in dep["spec"], "upload Deployment sets replicas although its HPA scales it")
+        require(hpa[0]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"], "the HPA targets another Deployment")
+    for ing in find(docs, "Ingress"):
+        paths = [p["path"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
+        require(paths and all(p.startswith("/v1") for p in paths), f"the Ingress routes {paths}: /metrics, /readyz, /openapi.json would be public")
+    return (f"upload: preStop {pause}s + grace {grace}s < {spec['terminationGracePeriodSeconds']}s; "
+            f"PDBs AlwaysAllow; {'HPA owns replicas; ' if hpa else ''}Ingress paths API-only")
+
+
+def check_migration_operational(chart):
+    docs = chart.render(sets=["migration.serviceAccountName=migrator", "migration.nodeSelector.pool=batch",
+                              "migration.tolerations[0].key=dedicated", "migration.tolerations[0].operator=Exists"])
+    job = one(docs, "Job")
+    spec = pod_spec(job)
+    require(spec.get("serviceAccountName") == "migrator", "migration.serviceAccountName is not used")
+    require(spec.get("nodeSelector") == {"pool": "batch"} and spec.get("tolerations"), "migration nodeSelector/tolerations not used")
+    ann = job["spec"]["template"]["metadata"].get("annotations") or {}
+    require(ann.get("sidecar.istio.io/inject") == "false", "the migration pod does not opt out of sidecar injection")
+    vals = yaml.safe_load(open(chart.values_file("values.yaml")))["migration"]
+    require(job["spec"]["activeDeadlineSeconds"] < vals["helmTimeoutSeconds"], "the Job outlives Helm's timeout")
+    p = chart.template(sets=["migration.activeDeadlineSeconds=600"])
+    require(p.returncode != 0 and "helmTimeoutSeconds" in p.stderr, "an activeDeadlineSeconds above Helm's timeout rendered")
+    return f"Job deadline {job['spec']['activeDeadlineSeconds']}s < Helm timeout {vals['helmTimeoutSeconds']}s; SA, scheduling, sidecar opt-out"
+
+
+def check_images_and_jobs(chart, root):
+    docs = chart.render([chart.values_file("ci/existing-secrets-values.yaml")])
+    images = {pod_spec(d)["containers"][0]["image"] for d in find(docs, "Deployment") + find(docs, "Job")}
+    require(all(i.startswith("mirror.example.com/data/") for i in images), f"global.imageRegistry ignored: {sorted(images)}")
+    require(any("@sha256:" in i for i in images), f"image.digest ignored: {sorted(images)}")
+    docs = chart.render([chart.values_file("ci/observability-values.yaml")])
+    sm = one(docs, "ServiceMonitor")
+    job_label = sm["spec"].get("jobLabel")
+    require(job_label, "the ServiceMonitor sets no jobLabel: job would be the Service name, which depends on the release")
+    jobs = {s["metadata"]["labels"].get(job_label) for s in find(docs, "Service") if s["metadata"]["labels"].get("rowpipe.io/metrics")}
+    require(jobs == {"rowpipe-upload", "rowpipe-consumer"}, f"scrape jobs {jobs}")
+    runbook = open(os.path.join(root, "docs", "runbook.md")).read()
+    named = set(re.findall(r'job="([^"]+)"', runbook))
+    require(named and named <= jobs, f"docs/runbook.md names jobs {sorted(named - jobs)} that no ServiceMonitor job is")
+    rule = one(docs, "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "runbook_url" in r.get("annotations", {})]
+    require(urls and all(re.match(r"^https?://", u) for u in urls), f"relative runbook_url in the PrometheusRule: {urls[:2]}")
+    return f"registry + digest used; jobs {sorted(jobs)} as the runbook names them; {len(urls)} absolute runbook URLs"
 
 
 # ---------------------------------------------------------------------------------
@@ -914,8 +1153,11 @@ def main():
             r.check(f"[{label}] consumer without KEDA", check_keda_off, chart, values)
         if find(docs, "Job"):
             r.check(f"[{label}] migration hook", check_migration_hook, chart, values)
+        r.check(f"[{label}] names fit for 53-character releases", check_name_lengths, chart, values)
+        r.check(f"[{label}] renders are deterministic", check_render_deterministic, chart, values)
+        r.check(f"[{label}] rollout and disruption", check_rollout_and_disruption, chart, values)
 
-    custom = ["stream.name=invoices:rows", "stream.group=invoice-writers"]
+    custom = ["keda.enabled=true", "stream.name=invoices:rows", "stream.group=invoice-writers"]
     r.check("[--set stream.name/group] ScaledObject wiring", check_keda_wiring, chart, [], custom)
     if crds:
         r.check("[--set stream.name/group] KEDA objects vs CRD schemas", check_keda_crds, chart, crds, [], custom)
@@ -927,6 +1169,12 @@ def main():
     r.check("PrometheusRule alerts + ServiceMonitor + Ingress", check_prometheus_rule, chart)
     r.check("alert rules copy in sync", check_rules_in_sync, root)
     r.check("NetworkPolicies", check_network_policy, chart)
+    r.check("NetworkPolicies with tracing and observability on", check_network_policy_combination, chart)
+    r.check("name check refuses a 66-character Service name", check_name_check_catches_overlong)
+    r.check("API token: never random at render time", check_auth_token_required, chart)
+    r.check("CRD objects need their API served", check_crd_capabilities, chart)
+    r.check("migration hook: deadline, scheduling, sidecars", check_migration_operational, chart)
+    r.check("images, scrape jobs, runbook URLs", check_images_and_jobs, chart, root)
     r.check("k8s/ dependencies (kustomize + kubernetes-validate)", check_k8s_deps, root)
     r.check("Tiltfile", check_tiltfile, root, chart)
     r.check("Dockerfile structure", check_dockerfile, root)

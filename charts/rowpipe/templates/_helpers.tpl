@@ -8,17 +8,21 @@ Chart name, truncated to the 63 characters a label value allows.
 {{/*
 Resource name prefix. The release name alone when it already contains the chart
 name (release "rowpipe" gives "rowpipe-upload", not "rowpipe-rowpipe-upload").
-Truncated to 50 characters so that "-consumer-metrics" etc. still fit in 63.
+Truncated to 46 characters so that the longest suffix the chart adds
+("-consumer-metrics", 17) still fits the 63 characters of a Service name, a
+label value (job-name, scaledobject.keda.sh/name) and a DNS label, for any
+release name Helm accepts (53 characters). scripts/chart_checks.py renders
+every resource with a 53-character release name and checks each limit.
 */}}
 {{- define "rowpipe.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 46 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- .Release.Name | trunc 46 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -77,18 +81,23 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Image reference. Usage: include "rowpipe.image" (dict "root" $ "image" .Values.upload.image)
-registry/repository:tag, the tag falling back to image.tag, then appVersion.
+registry/repository:tag, or registry/repository@digest when the component sets a
+digest. The registry is global.imageRegistry (the umbrella-chart convention),
+else image.registry; the tag falls back to image.tag, then appVersion.
 */}}
 {{- define "rowpipe.image" -}}
 {{- $root := .root }}
-{{- $tag := .image.tag | default $root.Values.image.tag | default $root.Chart.AppVersion }}
-{{- if $root.Values.image.registry }}
-{{- printf "%s/%s:%s" (trimSuffix "/" $root.Values.image.registry) .image.repository $tag }}
+{{- $registry := (($root.Values.global).imageRegistry) | default $root.Values.image.registry }}
+{{- $repo := .image.repository }}
+{{- if $registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) .image.repository }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repo .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- printf "%s:%s" $repo (.image.tag | default $root.Values.image.tag | default $root.Chart.AppVersion) }}
 {{- end }}
 {{- end }}
-
 
 {{- define "rowpipe.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -177,6 +186,21 @@ Guard rails evaluated by every workload template.
 {{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) }}
 {{- fail "set redis.url or redis.existingSecret" }}
 {{- end }}
+{{- if and .Values.keda.enabled (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) }}
+{{- fail "keda.enabled=true but this cluster has no KEDA (keda.sh/v1alpha1 ScaledObject is not served): install KEDA >= 2.12 first, or set keda.enabled=false (fixed consumer.replicaCount). With helm template, pass --api-versions keda.sh/v1alpha1/ScaledObject" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) }}
+{{- fail "metrics.serviceMonitor.enabled=true but monitoring.coreos.com/v1 ServiceMonitor is not served (Prometheus Operator CRDs missing); with helm template, pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" }}
+{{- end }}
+{{- if and .Values.metrics.prometheusRule.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule")) }}
+{{- fail "metrics.prometheusRule.enabled=true but monitoring.coreos.com/v1 PrometheusRule is not served (Prometheus Operator CRDs missing); with helm template, pass --api-versions monitoring.coreos.com/v1/PrometheusRule" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.database.existingSecret) }}
+{{- $dbPort := include "rowpipe.portOf" .Values.database.url }}
+{{- if and $dbPort (ne $dbPort (toString (int .Values.networkPolicy.databasePort))) }}
+{{- fail (printf "networkPolicy.databasePort is %d but database.url uses port %s: the NetworkPolicy would block the database" (int .Values.networkPolicy.databasePort) $dbPort) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
 {{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" }}
 {{- end }}
@@ -249,26 +273,105 @@ OTEL_TRACES_SAMPLER: {{ .Values.otel.sampler | quote }}
 OTEL_TRACES_SAMPLER_ARG: {{ .Values.otel.samplerArg | quote }}
 {{- end }}
 
-{{/* NetworkPolicy egress rules. Usage: include "rowpipe.egressRules" .Values.networkPolicy */}}
+{{/*
+Port of a host:port address or of a URL's authority ("" when it has none).
+Usage: include "rowpipe.portOf" "redis-master.data.svc:6380"
+*/}}
+{{- define "rowpipe.portOf" -}}
+{{- $rest := regexReplaceAll "^[a-z][a-z0-9+.-]*://" . "" }}
+{{- $authority := regexReplaceAll "[/?#].*$" $rest "" }}
+{{- $hostport := regexReplaceAll "^.*@" $authority "" }}
+{{- if regexMatch ":[0-9]+$" $hostport }}
+{{- regexFind "[0-9]+$" $hostport }}
+{{- end }}
+{{- end }}
+
+{{/* TCP port of Redis: the port of redis.address (KEDA reads the same), else 6379. */}}
+{{- define "rowpipe.redisPort" -}}
+{{- include "rowpipe.portOf" .Values.redis.address | default "6379" }}
+{{- end }}
+
+{{/* TCP port of the OTLP collector: the port of otel.endpoint, else the protocol's default. */}}
+{{- define "rowpipe.otlpPort" -}}
+{{- include "rowpipe.portOf" .Values.otel.endpoint | default (ternary "4317" "4318" (eq .Values.otel.protocol "grpc")) }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress rules: DNS, then one rule per dependency, each with its own
+peers (redisTo / databaseTo / otlpTo, falling back to egressTo), so a collector in
+another namespace is not held to the database's peers. OTLP only when tracing is on.
+Usage: include "rowpipe.egressRules" .
+*/}}
 {{- define "rowpipe.egressRules" -}}
+{{- $np := .Values.networkPolicy -}}
 # DNS
 - ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
-# Redis, the database and the OTLP collector
+# Redis
 - ports:
-    - port: {{ .redisPort }}
+    - port: {{ include "rowpipe.redisPort" . }}
       protocol: TCP
-    - port: {{ .databasePort }}
-      protocol: TCP
-    {{- range .otlpPorts }}
-    - port: {{ . }}
-      protocol: TCP
-    {{- end }}
-  {{- with .egressTo }}
+  {{- with ($np.redisTo | default $np.egressTo) }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+# the database
+- ports:
+    - port: {{ $np.databasePort }}
+      protocol: TCP
+  {{- with ($np.databaseTo | default $np.egressTo) }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .Values.otel.endpoint }}
+# the OTLP collector
+- ports:
+    - port: {{ include "rowpipe.otlpPort" . }}
+      protocol: TCP
+  {{- with ($np.otlpTo | default $np.egressTo) }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checksum of the Secrets a component reads, so its pods restart when (and only
+when) one of them changes: the consumer does not read the API tokens.
+Usage: include "rowpipe.secretChecksum" (dict "root" $ "tokens" true)
+*/}}
+{{- define "rowpipe.secretChecksum" -}}
+{{- $root := .root }}
+{{- $parts := list $root.Values.database.existingSecret $root.Values.database.url $root.Values.redis.existingSecret $root.Values.redis.url $root.Values.redis.password $root.Values.redis.username }}
+{{- if .tokens }}
+{{- $parts = append $parts (include "rowpipe.auth.tokensData" $root) }}
+{{- end }}
+{{- join "\n" $parts | sha256sum }}
+{{- end }}
+
+{{/*
+The tokens file of the chart-managed auth Secret (base64), or "" when the chart
+manages none. Never random at render time: `helm template` (Argo CD, Tilt) would
+draw a new token on every render and rotate it on every sync. A generated token
+(auth.generateToken) is drawn once by a real install and read back with lookup.
+*/}}
+{{- define "rowpipe.auth.tokensData" -}}
+{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) }}
+{{- if .Values.auth.tokens }}
+{{- printf "%s\n" (join "\n" .Values.auth.tokens) | b64enc }}
+{{- else if .Values.auth.generateToken }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "rowpipe.auth.secretName" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data .Values.auth.tokensKey) }}
+{{- index $existing.data .Values.auth.tokensKey }}
+{{- else }}
+{{- /* lookup finds nothing on a first install and always under helm template: the checksum then changes; see values.yaml auth.generateToken */}}
+{{- printf "%s\n" (randAlphaNum 40) | b64enc }}
+{{- end }}
+{{- else }}
+{{- fail "auth: set auth.tokens, auth.existingSecret, or auth.disabled=true (development only); auth.generateToken=true draws one at the first `helm install` (not for Argo CD/Tilt/helm template, which would draw a new one on every render)" }}
+{{- end }}
+{{- end }}
 {{- end }}
