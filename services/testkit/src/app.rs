@@ -43,6 +43,11 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     /// `ROWPIPE_UPLOAD_LEASE_SECS`: tests about dead instances shorten it.
     pub upload_lease_secs: u64,
+    /// `ROWPIPE_AUTH_TOKENS` (default: [`TOKEN`], an operator token).
+    pub auth_tokens: String,
+    /// More command-line settings of the upload service (e.g.
+    /// `["--max-uploads", "1"]`), for the tests of one setting's bound.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -54,6 +59,8 @@ impl Default for AppOptions {
             max_body_bytes: defaults.max_body_bytes,
             redis_url: None,
             upload_lease_secs: defaults.lease.upload_lease_secs,
+            auth_tokens: TOKEN.to_string(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -79,7 +86,7 @@ fn upload_config(
     let max_backlog = options.max_backlog.to_string();
     let max_body_bytes = options.max_body_bytes.to_string();
     let lease_secs = options.upload_lease_secs.to_string();
-    crate::config::parse([
+    let mut args: Vec<&str> = vec![
         // The test's own servers, database and stream.
         "--database-url",
         &db.url,
@@ -92,7 +99,7 @@ fn upload_config(
         "127.0.0.1:0",
         // Authentication on, as in production, with the token the helpers send.
         "--auth-tokens",
-        TOKEN,
+        &options.auth_tokens,
         // Tests lower these to see the backlog bound and the 413 hold.
         "--max-backlog",
         &max_backlog,
@@ -104,7 +111,9 @@ fn upload_config(
         "5",
         "--upload-lease-secs",
         &lease_secs,
-    ])
+    ];
+    args.extend(options.extra_args.iter().map(String::as_str));
+    crate::config::parse(args)
 }
 
 async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<TestApp> {

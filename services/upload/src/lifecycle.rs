@@ -16,6 +16,7 @@ use axum::http::header;
 use futures::StreamExt;
 use rowpipe_core::store::{LeaseProgress, NewUpload, UploadRecord, UploadStatus};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
 use crate::ingest::{Attempt, ingest};
@@ -37,6 +38,7 @@ pub enum Outcome {
 /// Receive an upload: a multipart body (field `file`) or a raw CSV body.
 pub async fn receive(
     state: &AppState,
+    caller: &Caller,
     params: UploadParams,
     request: Request,
 ) -> Result<Outcome, ApiError> {
@@ -68,7 +70,7 @@ pub async fn receive(
     }
     let options = intake_options(&params, &state.config)?;
 
-    let idempotency = Idempotency::from_headers(headers);
+    let idempotency = Idempotency::from_headers(headers, caller.tenant());
     let mut resumed = None;
     if let Some(existing) = idempotency
         .earlier_upload(&state.store, state.config.idempotency_window_secs)
@@ -93,8 +95,17 @@ pub async fn receive(
 
     // Both bodies begin the attempt the same way, once their file name is known.
     let resumed = resumed.take();
-    let begin_attempt =
-        |file_name: Option<String>| begin(state, resumed, &upload_id, file_name, idempotency_key);
+    let tenant = caller.tenant().map(str::to_string);
+    let begin_attempt = |file_name: Option<String>| {
+        begin(
+            state,
+            resumed,
+            &upload_id,
+            file_name,
+            idempotency_key,
+            tenant,
+        )
+    };
     let (report, mut attempt) = if multipart {
         let mut multipart = Multipart::from_request(request, state)
             .await
@@ -201,6 +212,7 @@ async fn begin(
     upload_id: &str,
     file_name: Option<String>,
     idempotency_key: Option<String>,
+    tenant: Option<String>,
 ) -> Result<Attempt, ApiError> {
     let mut redis = state.redis.clone();
     let (stream, group) = (&state.enqueue.stream, &state.enqueue.group);
@@ -225,6 +237,7 @@ async fn begin(
                 id: upload_id.to_string(),
                 file_name,
                 idempotency_key,
+                tenant,
             },
             &state.instance_id,
             state.config.lease.lease_ms(),

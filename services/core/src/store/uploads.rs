@@ -66,6 +66,8 @@ pub struct NewUpload {
     pub id: String,
     pub file_name: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The tenant whose token sent it (None: an operator token).
+    pub tenant: Option<String>,
 }
 
 /// The counts reported to the uploader.
@@ -90,6 +92,9 @@ pub struct UploadRecord {
     pub upload_id: String,
     pub seq: i64,
     pub status: UploadStatus,
+    /// The tenant whose token sent it (None: an operator token, or an
+    /// upload older than migration 0006).
+    pub tenant: Option<String>,
     pub file_name: Option<String>,
     pub size_bytes: i64,
     pub sha256: Option<String>,
@@ -122,7 +127,7 @@ fn upload_columns(dialect: Dialect) -> String {
         )
     };
     format!(
-        "u.seq, u.id, u.status, u.file_name, u.size_bytes, u.sha256, u.encoding, u.delimiter, u.error, \
+        "u.seq, u.id, u.status, u.tenant, u.file_name, u.size_bytes, u.sha256, u.encoding, u.delimiter, u.error, \
          u.rows_read, u.rows_enqueued, {}, {}, {}, \
          (SELECT MAX(p.updated_at_ms) FROM upload_progress p WHERE p.upload_id = u.id) AS progress_at_ms, \
          u.created_at_ms, u.updated_at_ms, u.completed_at_ms, \
@@ -138,6 +143,7 @@ fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
         seq: row.try_get("seq")?,
         upload_id: row.try_get("id")?,
         status: UploadStatus::parse(&row.try_get::<String, _>("status")?),
+        tenant: row.try_get("tenant")?,
         file_name: row.try_get("file_name")?,
         size_bytes: row.try_get("size_bytes")?,
         sha256: row.try_get("sha256")?,
@@ -219,13 +225,14 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = now_ms();
         sqlx::query(self.q(
-            "INSERT INTO uploads (id, file_name, idempotency_key, status, created_at_ms, updated_at_ms, \
-             lease_owner, lease_expires_at_ms) \
-             VALUES (?, ?, ?, 'receiving', ?, ?, ?, ?)",
+            "INSERT INTO uploads (id, file_name, idempotency_key, tenant, status, created_at_ms, \
+             updated_at_ms, lease_owner, lease_expires_at_ms) \
+             VALUES (?, ?, ?, ?, 'receiving', ?, ?, ?, ?)",
         ))
         .bind(&new.id)
         .bind(&new.file_name)
         .bind(&new.idempotency_key)
+        .bind(&new.tenant)
         .bind(now)
         .bind(now)
         .bind(lease.map(|(owner, _)| owner))
@@ -255,20 +262,29 @@ impl Store {
         }
     }
 
-    /// The newest non-failed upload with this content hash since `since_ms`.
+    /// The first non-failed upload of `tenant` (None: sent with an operator
+    /// token) with this content hash since `since_ms`.
     pub async fn upload_by_sha256(
         &self,
         sha256: &str,
         since_ms: i64,
+        tenant: Option<&str>,
     ) -> Result<Option<UploadRecord>, StoreError> {
-        let id: Option<String> = sqlx::query_scalar(self.q(
+        let tenant_is = if tenant.is_some() {
+            "tenant = ?"
+        } else {
+            "tenant IS NULL"
+        };
+        let mut query = sqlx::query_scalar(self.q(&format!(
             "SELECT id FROM uploads WHERE sha256 = ? AND created_at_ms >= ? \
-             AND status <> 'failed' ORDER BY seq ASC LIMIT 1",
-        ))
+             AND status <> 'failed' AND {tenant_is} ORDER BY seq ASC LIMIT 1"
+        )))
         .bind(sha256)
-        .bind(since_ms)
-        .fetch_optional(&self.pool)
-        .await?;
+        .bind(since_ms);
+        if let Some(tenant) = tenant {
+            query = query.bind(tenant);
+        }
+        let id: Option<String> = query.fetch_optional(&self.pool).await?;
         match id {
             Some(id) => self.get_upload(&id).await,
             None => Ok(None),
@@ -419,30 +435,82 @@ impl Store {
         let Some(mut record) = self.upload_record(id).await? else {
             return Ok(None);
         };
-        let reasons = sqlx::query(self.q(
-            "SELECT reason, COUNT(*) AS n FROM rejected_rows WHERE upload_id = ? GROUP BY reason",
-        ))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in reasons {
-            record
-                .counts
-                .rejected_by_reason
-                .insert(r.try_get("reason")?, r.try_get("n")?);
-        }
+        self.add_rejected_by_reason(std::slice::from_mut(&mut record))
+            .await?;
         Ok(Some(record))
+    }
+
+    /// Fill in each record's `rejected_by_reason`, in one query for all.
+    async fn add_rejected_by_reason(&self, records: &mut [UploadRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; records.len()].join(", ");
+        let sql = self.q(&format!(
+            "SELECT upload_id, reason, COUNT(*) AS n FROM rejected_rows \
+             WHERE upload_id IN ({placeholders}) GROUP BY upload_id, reason"
+        ));
+        let mut query = sqlx::query(sql);
+        for record in records.iter() {
+            query = query.bind(record.upload_id.as_str());
+        }
+        let reasons = query.fetch_all(&self.pool).await?;
+        for r in reasons {
+            let upload_id: String = r.try_get("upload_id")?;
+            if let Some(record) = records.iter_mut().find(|rec| rec.upload_id == upload_id) {
+                record
+                    .counts
+                    .rejected_by_reason
+                    .insert(r.try_get("reason")?, r.try_get("n")?);
+            }
+        }
+        Ok(())
     }
 
     /// The most recent uploads, newest first.
     pub async fn list_uploads(&self, limit: i64) -> Result<Vec<UploadRecord>, StoreError> {
-        let rows = sqlx::query(self.select_uploads("ORDER BY u.seq DESC LIMIT ?"))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| record_from_row(r).map_err(StoreError::from))
-            .collect()
+        self.list_uploads_of(None, limit).await
+    }
+
+    /// The most recent uploads of `tenant` (None: of every tenant), newest
+    /// first, each with its `rejected_by_reason`.
+    pub async fn list_uploads_of(
+        &self,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<UploadRecord>, StoreError> {
+        let rows = match tenant {
+            Some(tenant) => {
+                sqlx::query(self.select_uploads("WHERE u.tenant = ? ORDER BY u.seq DESC LIMIT ?"))
+                    .bind(tenant)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(self.select_uploads("ORDER BY u.seq DESC LIMIT ?"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let mut records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        self.add_rejected_by_reason(&mut records).await?;
+        Ok(records)
+    }
+
+    /// The tenant an upload belongs to: None when there is no such upload,
+    /// Some(None) for an upload sent with an operator token.
+    pub async fn upload_tenant(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        Ok(
+            sqlx::query_scalar(self.q("SELECT tenant FROM uploads WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Complete every open upload whose rows are all processed; returns the

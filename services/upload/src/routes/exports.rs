@@ -2,13 +2,14 @@
 //! rows that were not stored, as CSV a client can fix and send back.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rowpipe_core::store::uploads::RejectedRow;
 use rowpipe_core::store::{Store, StoreError};
 
+use crate::auth::Caller;
 use crate::csv_writer::{PAGE, paged_csv};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -20,16 +21,21 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /v1/uploads/{id}/rejects`
-pub async fn get_rejects(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    export(state, id, Export::Rejects).await
+pub async fn get_rejects(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    export(state, caller, id, Export::Rejects).await
 }
 
 /// `GET /v1/uploads/{id}/duplicates`
 pub async fn get_duplicates(
     state: State<AppState>,
+    caller: Extension<Caller>,
     id: Path<String>,
 ) -> Result<Response, ApiError> {
-    export(state, id, Export::Duplicates).await
+    export(state, caller, id, Export::Duplicates).await
 }
 
 /// The exports of an upload's rows; both have the same shape (a row number,
@@ -74,15 +80,18 @@ impl Export {
     }
 }
 
-/// The CSV export of upload `id`, or 404 when there is no such upload (an
-/// upload without such rows gets the header line only).
+/// The CSV export of upload `id`, or 404 when there is no such upload or
+/// it is another tenant's (an upload without such rows gets the header line
+/// only).
 async fn export(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     export: Export,
 ) -> Result<Response, ApiError> {
-    if state.store.upload_seq(&id).await?.is_none() {
-        return Err(ApiError::NotFound(id));
+    match state.store.upload_tenant(&id).await? {
+        Some(tenant) if caller.may_see(tenant.as_deref()) => {}
+        _ => return Err(ApiError::NotFound(id)),
     }
     let store = state.store;
     let body = paged_csv(export.header(), move |after| {

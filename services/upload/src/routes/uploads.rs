@@ -1,7 +1,7 @@
 //! `/v1/uploads` and `/v1/uploads/{id}`: creating uploads and reading their
 //! status.
 
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::lifecycle::{self, Outcome};
 use crate::options::UploadParams;
@@ -54,6 +55,7 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// `POST /v1/uploads`: multipart (field `file`) or a raw CSV body.
 pub async fn create_upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -63,6 +65,7 @@ pub async fn create_upload(
         http.request.method = "POST",
         http.route = "/v1/uploads",
         rowpipe.upload_id = tracing::field::Empty,
+        rowpipe.tenant = caller.tenant().unwrap_or(""),
         rowpipe.rows_enqueued = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
@@ -72,7 +75,7 @@ pub async fn create_upload(
     });
     let _ = span.set_parent(parent);
     rowpipe_core::telemetry::record_trace_ids(&span);
-    let outcome = lifecycle::receive(&state, params, request)
+    let outcome = lifecycle::receive(&state, &caller, params, request)
         .instrument(span)
         .await?;
     Ok(match outcome {
@@ -101,12 +104,15 @@ pub async fn create_upload(
 /// `GET /v1/uploads/{id}`
 pub async fn get_upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // Another tenant's upload is answered as if it did not exist.
     let record = state
         .store
         .get_upload(&id)
         .await?
+        .filter(|r| caller.may_see(r.tenant.as_deref()))
         .ok_or(ApiError::NotFound(id))?;
     Ok(Json(upload_json(&record)))
 }
@@ -116,13 +122,15 @@ pub struct ListParams {
     pub limit: Option<i64>,
 }
 
-/// `GET /v1/uploads`: the most recent uploads, newest first.
+/// `GET /v1/uploads`: the most recent uploads of the caller's tenant (of
+/// every tenant for an operator), newest first.
 pub async fn list_uploads(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = params.limit.unwrap_or(50).clamp(1, 500);
-    let records = state.store.list_uploads(limit).await?;
+    let records = state.store.list_uploads_of(caller.tenant(), limit).await?;
     let items: Vec<Value> = records.iter().map(upload_json).collect();
     Ok(Json(json!({ "uploads": items })))
 }

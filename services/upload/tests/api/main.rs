@@ -5,5 +5,6 @@
 mod http;
 mod intake_corpus;
 mod resume;
+mod tenants;
 mod stream_gauges;
 mod unterminated_quote;

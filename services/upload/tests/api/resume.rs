@@ -186,6 +186,7 @@ async fn an_upload_whose_instance_is_gone_is_interrupted_by_the_sweep_and_resuma
         id: "dead-instance-upload".into(),
         file_name: None,
         idempotency_key: Some("dead-key".into()),
+        tenant: None,
     };
     app.store
         .create_upload_leased(&dead, "a-dead-instance", lease.as_millis() as i64)
@@ -195,6 +196,7 @@ async fn an_upload_whose_instance_is_gone_is_interrupted_by_the_sweep_and_resuma
         id: "live-instance-upload".into(),
         file_name: None,
         idempotency_key: Some("live-key".into()),
+        tenant: None,
     };
     app.store
         .create_upload_leased(&live, "a-live-instance", 600_000)
