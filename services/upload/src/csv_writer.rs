@@ -11,8 +11,21 @@ use rowpipe_core::store::StoreError;
 /// Rows per database page of an export. A page shorter than this is the last.
 pub const PAGE: i64 = 1000;
 
-/// Quote a CSV field when it needs it (RFC 4180).
+/// Write one CSV cell: neutralised against formula injection, then quoted
+/// when it needs it (RFC 4180).
+///
+/// The exports are opened in spreadsheets, and their cells hold text a third
+/// party wrote (`=cmd|calc!A0@example.com` is a valid address). A cell that
+/// begins with `=`, `+`, `-`, `@`, tab or CR would be run as a formula, so it
+/// gets a leading `'` (the OWASP rule), which spreadsheets show as text.
 pub fn csv_field(s: &str, out: &mut String) {
+    let neutralised;
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        neutralised = format!("'{s}");
+        neutralised.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -62,4 +75,31 @@ where
         }
     });
     Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    fn cell(s: &str) -> String {
+        let mut out = String::new();
+        csv_field(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+        assert_eq!(cell("+sum@example.com"), "'+sum@example.com");
+        assert_eq!(
+            cell("=cmd|calc!A0@example.com"),
+            "'=cmd|calc!A0@example.com"
+        );
+        assert_eq!(cell("-1+2"), "'-1+2");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("\t=1"), "'\t=1");
+        assert_eq!(cell("\r=1"), "\"'\r=1\"");
+        assert_eq!(cell("=1,2"), "\"'=1,2\"");
+        assert_eq!(cell("a=b@example.com"), "a=b@example.com");
+        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
 }
