@@ -53,6 +53,8 @@ enum Stop {
     ShuttingDown,
     LeaseLost,
     Body(String),
+    /// The compressed data is corrupt (the file's fault).
+    Corrupt(String),
     Intake(crate::intake::IntakeError),
     Enqueue(EnqueueError),
 }
@@ -145,6 +147,8 @@ where
             Some(Err(e)) => {
                 break Some(if is_length_limit(&e) {
                     Stop::TooLarge
+                } else if is_corrupt(&e) {
+                    Stop::Corrupt(e.to_string())
                 } else {
                     Stop::Body(e.to_string())
                 });
@@ -232,6 +236,10 @@ where
                 "the upload's lease was lost after {rows_read} rows (the database is unreachable, \
                  or another instance took the upload over)"
             )),
+            Stop::Corrupt(message) => ApiError::Unprocessable {
+                message,
+                columns: Vec::new(),
+            },
             Stop::Body(e) => ApiError::BadRequest(format!(
                 "reading the request body failed after {rows_read} rows: {e}"
             )),
@@ -285,6 +293,14 @@ fn is_the_files_fault(error: &ApiError) -> bool {
     matches!(
         error,
         ApiError::PayloadTooLarge { .. } | ApiError::Unprocessable { .. }
+    )
+}
+
+/// Whether a body error is compressed data that does not decode.
+fn is_corrupt(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<crate::body::BodyError>(),
+        Some(crate::body::BodyError::Corrupt { .. })
     )
 }
 

@@ -9,7 +9,9 @@
 //! * [`routes`]: one module per route group, each with its `router()`:
 //!   [`routes::uploads`], [`routes::exports`], [`routes::health`],
 //!   [`routes::openapi`]. [`error`] maps every failure to a status in one place.
-//! * [`auth`]: bearer tokens.
+//! * [`auth`]: bearer tokens, and the tenant a token is for.
+//! * [`body`]: the request body as the file's bytes: decompressed (gzip,
+//!   zstd), and refused when it is not text (a workbook, a PDF, an image).
 //! * [`lifecycle`]: one `POST /v1/uploads`: checks, replay lookup, record,
 //!   [`ingest`], finish.
 //! * [`options`]: the upload's query parameters and the media types taken as CSV.
@@ -30,6 +32,7 @@
 //! takes it from `state`, which depends only on `config` and `enqueue`.
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod csv_writer;
 pub mod enqueue;

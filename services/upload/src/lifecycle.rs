@@ -13,10 +13,10 @@
 
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
-use futures::StreamExt;
 use rowpipe_core::store::{LeaseProgress, NewUpload, UploadRecord, UploadStatus};
 
 use crate::auth::Caller;
+use crate::body;
 use crate::error::ApiError;
 use crate::idempotency::Idempotency;
 use crate::ingest::{Attempt, ingest};
@@ -52,10 +52,9 @@ pub async fn receive(
         .to_ascii_lowercase()
         .starts_with("multipart/form-data");
     if !multipart && !is_csv_type(&content_type) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {content_type:?} is not CSV: send text/csv or multipart/form-data with a `file` field"
-        )));
+        return Err(not_csv_type(&content_type));
     }
+    let declared = body::declared_compression(headers)?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -107,6 +106,16 @@ pub async fn receive(
         )
     };
     let (report, mut attempt) = if multipart {
+        // A compressed multipart body is decompressed whole; a compressed
+        // part inside it is told by its magic bytes.
+        let request = match declared {
+            None => request,
+            Some(compression) => {
+                let (parts, raw) = request.into_parts();
+                let (decoded, _) = body::open_compressed(raw.into_data_stream(), compression);
+                Request::from_parts(parts, axum::body::Body::from_stream(decoded))
+            }
+        };
         let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
@@ -126,22 +135,21 @@ pub async fn receive(
             if let Some(ct) = field.content_type()
                 && !is_csv_type(ct)
             {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "the `file` part has Content-Type {ct:?}, which is not CSV"
-                )));
+                return Err(not_csv_type(ct));
             }
             let file_name = field
                 .file_name()
                 .map(str::to_string)
                 .or(params.filename.clone());
+            let (file, _) = body::open(field, None).await?;
             let mut attempt = begin_attempt(file_name).await?;
-            let report = ingest(state, &mut attempt, options, field).await?;
+            let report = ingest(state, &mut attempt, options, file).await?;
             break (report, attempt);
         }
     } else {
+        let (file, _) = body::open(request.into_body().into_data_stream(), declared).await?;
         let mut attempt = begin_attempt(params.filename.clone()).await?;
-        let body = request.into_body().into_data_stream().boxed();
-        (ingest(state, &mut attempt, options, body).await?, attempt)
+        (ingest(state, &mut attempt, options, file).await?, attempt)
     };
     finish(state, &mut attempt, &report.body).await?;
     metrics::histogram!("rowpipe_upload_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -161,6 +169,25 @@ pub async fn receive(
     Ok(Outcome::Accepted {
         record,
         rows_enqueued: report.body.rows_enqueued,
+    })
+}
+
+/// The 415 for a Content-Type that is not CSV, naming what it is when the
+/// type says so.
+fn not_csv_type(content_type: &str) -> ApiError {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    ApiError::UnsupportedMediaType(match body::describe_media_type(&essence) {
+        Some(what) => format!(
+            "this is {what} (Content-Type {essence}), not a CSV file; export it as CSV (UTF-8) and upload that"
+        ),
+        None => format!(
+            "Content-Type {content_type:?} is not CSV: send text/csv or multipart/form-data with a `file` field"
+        ),
     })
 }
 

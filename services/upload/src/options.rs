@@ -76,6 +76,10 @@ pub fn is_csv_type(content_type: &str) -> bool {
             | "text/comma-separated-values"
             | "application/x-csv"
             | "text/x-csv"
+            // A `.csv.gz` or `.csv.zst` (decompressed by `body`).
+            | "application/gzip"
+            | "application/x-gzip"
+            | "application/zstd"
             | ""
     )
 }
