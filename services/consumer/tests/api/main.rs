@@ -7,6 +7,7 @@
 mod accounting;
 mod delivery;
 mod fixtures;
+mod hostile_input;
 mod in_process;
 mod ledger;
 mod pipeline;
