@@ -133,10 +133,14 @@ impl Application {
             shutdown.clone(),
         ));
         // Exported from the start at 0, so the first failed or interrupted
-        // upload is an increase to the alerts' `increase()`.
+        // upload (or error, or wait) is an increase to the alerts'
+        // `increase()`, and the dashboard's panels have a series to show.
         for status in ["failed", "interrupted"] {
             metrics::counter!("rowpipe_uploads_total", "status" => status).absolute(0);
         }
+        metrics::counter!("rowpipe_db_errors_total", "program" => "upload").absolute(0);
+        metrics::counter!("rowpipe_redis_errors_total", "program" => "upload").absolute(0);
+        metrics::counter!("rowpipe_upload_backpressure_waits_total").absolute(0);
         let metrics_server = self.metrics.map(|(listener, router)| {
             let mut stop = shutdown.clone();
             tracing::info!(port = ?listener.local_addr().ok().map(|a| a.port()), "probes and /metrics listening");
