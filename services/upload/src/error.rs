@@ -1,4 +1,9 @@
 //! The HTTP API's errors, mapped to status codes in one place.
+//!
+//! What a client is told and what the log keeps differ for the service's
+//! own failures: a 5xx answer never carries a database's or Redis's
+//! message, a host name or a file path (see [`ApiError::public_message`]);
+//! the log line of the failed request does.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -29,6 +34,8 @@ pub enum ApiError {
     },
     #[error("the service is shutting down; retry the upload")]
     ShuttingDown { upload_id: Option<String> },
+    /// Redis or the database failed. The text before the first `": "` is
+    /// what the client is told; the rest (the driver's message) is logged only.
     #[error("{0}")]
     Unavailable(String),
     /// The upload stopped for a reason of the service, not of the file: it
@@ -63,6 +70,27 @@ impl From<rowpipe_core::store::StoreError> for ApiError {
 }
 
 impl ApiError {
+    /// The message for the client (and for the upload record, which the
+    /// client reads): the error's own text, but for the service's own
+    /// failures only what is safe to show.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => {
+                "internal error; it is logged with this request's trace id".to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                let public = detail.split(": ").next().unwrap_or(detail);
+                format!("{public}; retry later")
+            }
+            ApiError::Interrupted { cause, upload_id } => format!(
+                "{}; upload {upload_id} is interrupted: POST the same file with the same \
+                 Idempotency-Key to resume it",
+                cause.public_message()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -103,7 +131,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut body =
+            json!({ "error": { "code": self.code(), "message": self.public_message() } });
         match &self {
             ApiError::Unprocessable { columns, .. } => {
                 body["error"]["columns"] = json!(columns);

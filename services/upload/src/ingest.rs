@@ -251,12 +251,15 @@ where
             attempt.lease.settle();
             state
                 .store
-                .fail_upload(upload_id, &error.to_string(), rows_read, rows_enqueued)
+                .fail_upload(upload_id, &error.public_message(), rows_read, rows_enqueued)
                 .await?;
             metrics::counter!("rowpipe_uploads_total", "status" => "failed").increment(1);
             return Err(error);
         }
-        attempt.lease.interrupt(&error.to_string(), rows_read).await;
+        attempt
+            .lease
+            .interrupt(&error.public_message(), rows_read)
+            .await;
         return Err(ApiError::Interrupted {
             cause: Box::new(error),
             upload_id: upload_id.to_string(),

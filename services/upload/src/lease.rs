@@ -166,6 +166,11 @@ async fn interrupt(
         );
     }
     let p = progress.borrow().clone();
+    let error = rowpipe_core::store::uploads::storable_text(
+        error,
+        rowpipe_core::store::uploads::MAX_ERROR_CHARS,
+    );
+    let error = error.as_str();
     match store
         .interrupt_upload(
             upload_id,

@@ -257,19 +257,35 @@ async fn begin(
     if let Some(attempt) = resumed {
         return Ok(attempt);
     }
-    let seq = state
+    let created = state
         .store
         .create_upload_leased(
             &NewUpload {
                 id: upload_id.to_string(),
                 file_name,
-                idempotency_key,
+                idempotency_key: idempotency_key.clone(),
                 tenant,
             },
             &state.instance_id,
             state.config.lease.lease_ms(),
         )
-        .await?;
+        .await;
+    let seq = match created {
+        Ok(seq) => seq,
+        Err(e) => {
+            // Two requests with one new Idempotency-Key at once: the second
+            // finds the first one's record, which it is a retry of.
+            if let (Some(key), true) = (&idempotency_key, is_unique_violation(&e))
+                && let Some(existing) = state.store.upload_by_idempotency_key(key).await?
+            {
+                return Err(ApiError::UploadInProgress {
+                    upload_id: existing.upload_id,
+                    lease_secs: state.config.lease.upload_lease_secs,
+                });
+            }
+            return Err(e.into());
+        }
+    };
     let (lease, progress) = Lease::start(state, upload_id, LeaseProgress::default());
     Ok(Attempt {
         upload_id: upload_id.to_string(),
@@ -278,6 +294,13 @@ async fn begin(
         lease,
         progress: Some(progress),
     })
+}
+
+fn is_unique_violation(e: &rowpipe_core::store::StoreError) -> bool {
+    matches!(
+        e,
+        rowpipe_core::store::StoreError::Sqlx(sqlx::Error::Database(d)) if d.is_unique_violation()
+    )
 }
 
 /// Record that every row is in the stream. A database error here
@@ -293,7 +316,7 @@ async fn finish(
             let error = ApiError::from(e);
             attempt
                 .lease
-                .interrupt(&error.to_string(), body.rows_read)
+                .interrupt(&error.public_message(), body.rows_read)
                 .await;
             return Err(ApiError::Interrupted {
                 cause: Box::new(error),

@@ -60,6 +60,27 @@ impl UploadStatus {
     }
 }
 
+/// Text a client controls (a file name, an error naming the file's
+/// columns), made fit for every database: control characters (PostgreSQL
+/// refuses NUL) become spaces and it is cut at `max_chars` characters.
+pub fn storable_text(text: &str, max_chars: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max_chars)
+        .collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Longest file name kept on an upload record, in characters.
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+
+/// Longest error kept on an upload record, in characters.
+pub const MAX_ERROR_CHARS: usize = 2000;
+
 /// What the upload service knows when a request starts.
 #[derive(Clone, Debug, Default)]
 pub struct NewUpload {
@@ -230,7 +251,11 @@ impl Store {
              VALUES (?, ?, ?, ?, 'receiving', ?, ?, ?, ?)",
         ))
         .bind(&new.id)
-        .bind(&new.file_name)
+        .bind(
+            new.file_name
+                .as_deref()
+                .map(|n| storable_text(n, MAX_FILE_NAME_CHARS)),
+        )
         .bind(&new.idempotency_key)
         .bind(&new.tenant)
         .bind(now)
@@ -350,7 +375,7 @@ impl Store {
             "UPDATE uploads SET status = 'failed', error = ?, rows_read = ?, rows_enqueued = ?, \
              updated_at_ms = ? WHERE id = ?",
         ))
-        .bind(error)
+        .bind(storable_text(error, MAX_ERROR_CHARS))
         .bind(rows_read)
         .bind(rows_enqueued)
         .bind(now_ms())

@@ -5,6 +5,7 @@
 mod compressed_and_foreign;
 mod http;
 mod intake_corpus;
+mod no_leaks;
 mod resume;
 mod tenants;
 mod stream_gauges;
