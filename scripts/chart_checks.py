@@ -909,7 +909,8 @@ def check_k8s_deps(root):
 # Tiltfile
 
 
-def check_tiltfile(root, chart):
+def check_tiltfile(root, chart, tilt_args=None):
+    """The Tiltfile with stubbed Tilt builtins; tilt_args is what config.parse() returns (`tilt up -- --keda`)."""
     import starlark as sl
 
     path = os.path.join(root, "Tiltfile")
@@ -981,7 +982,7 @@ def check_tiltfile(root, chart):
         "allow_k8s_contexts": rec("allow_k8s_contexts"),
         "_config_define_bool": rec("config.define_bool"),
         "_config_define_string": rec("config.define_string"),
-        "_config_parse": rec("config.parse", lambda: {}),
+        "_config_parse": rec("config.parse", lambda: dict(tilt_args or {})),
     }
     for n, f in stubs.items():
         m.add_callable(n, f)
@@ -1017,7 +1018,10 @@ def check_tiltfile(root, chart):
     dep_docs = [d for d in yaml.safe_load_all(p.stdout) if d]
     require(helm_calls, "the Tiltfile deploys no Helm chart")
     for chart_path, values, sets in helm_calls:
-        docs = chart.render([os.path.join(root, v) for v in values], sets)
+        # Tilt's helm() runs helm template without --api-versions.
+        docs = chart.render([os.path.join(root, v) for v in values], sets, base=False, api_versions=False)
+        if (tilt_args or {}).get("keda"):
+            require(find(docs, "ScaledObject"), "tilt up -- --keda renders no ScaledObject")
         dep_docs += docs
         for d in docs:
             if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
@@ -1177,6 +1181,7 @@ def main():
     r.check("images, scrape jobs, runbook URLs", check_images_and_jobs, chart, root)
     r.check("k8s/ dependencies (kustomize + kubernetes-validate)", check_k8s_deps, root)
     r.check("Tiltfile", check_tiltfile, root, chart)
+    r.check("Tiltfile (tilt up -- --keda)", check_tiltfile, root, chart, {"keda": True})
     r.check("Dockerfile structure", check_dockerfile, root)
     r.check("hadolint Dockerfile", check_hadolint, root, "Dockerfile")
     r.check("hadolint Dockerfile.tilt", check_hadolint, root, "Dockerfile.tilt")

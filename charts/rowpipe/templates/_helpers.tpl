@@ -186,8 +186,8 @@ Guard rails evaluated by every workload template.
 {{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) }}
 {{- fail "set redis.url or redis.existingSecret" }}
 {{- end }}
-{{- if and .Values.keda.enabled (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) }}
-{{- fail "keda.enabled=true but this cluster has no KEDA (keda.sh/v1alpha1 ScaledObject is not served): install KEDA >= 2.12 first, or set keda.enabled=false (fixed consumer.replicaCount). With helm template, pass --api-versions keda.sh/v1alpha1/ScaledObject" }}
+{{- if and .Values.keda.enabled (not .Values.keda.assumeInstalled) (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) }}
+{{- fail "keda.enabled=true but this cluster has no KEDA (keda.sh/v1alpha1 ScaledObject is not served): install KEDA >= 2.12 first, or set keda.enabled=false (fixed consumer.replicaCount). With helm template, pass --api-versions keda.sh/v1alpha1/ScaledObject (or keda.assumeInstalled=true)" }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) }}
 {{- fail "metrics.serviceMonitor.enabled=true but monitoring.coreos.com/v1 ServiceMonitor is not served (Prometheus Operator CRDs missing); with helm template, pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" }}
