@@ -86,8 +86,9 @@ class MemoryPoller(threading.Thread):
 
 
 # ---------------------------------------------------------------- data
-def generate(path, rows, seed):
-    """name,email with ~5% duplicates (half differing only in case) and ~2% invalid."""
+def generate(path, rows, seed, domains=7):
+    """name,email with ~5% duplicates (half differing only in case) and ~2% invalid,
+    the valid addresses over `domains` domains (example0.com …)."""
     rnd = random.Random(seed)
     emails = []
     with open(path, "w", encoding="utf-8", newline="") as f:
@@ -101,7 +102,7 @@ def generate(path, rows, seed):
                 e = emails[rnd.randrange(len(emails))]
                 f.write(f"\"Dup, {i}\",{e.upper() if i % 2 else e}\n")
             else:
-                e = f"person{i}.{rnd.randrange(1000)}@example{i % 7}.com"
+                e = f"person{i}.{rnd.randrange(1000)}@example{i % domains}.com"
                 emails.append(e)
                 f.write(f"Person {i},{e}\n")
 
@@ -387,6 +388,40 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
     return result
 
 
+# ---------------------------------------------------------------- the mail-domain check
+MAIL_DOMAINS = 50
+
+
+def mail_domain_runs(args, admin, work):
+    """Alternating runs with ROWPIPE_CHECK_MAIL_DOMAIN off and mx (2 consumer
+    processes) on a file over 50 domains, each `mx` run against a fresh
+    rowpipe-test-dns serving MX records for them, which counts the lookups."""
+    path = os.path.join(work, "contacts-50-domains.csv")
+    generate(path, args.rows, args.seed, domains=MAIL_DOMAINS)
+    names = [f"example{k}.com" for k in range(MAIL_DOMAINS)]
+    dns_args = [os.path.join(args.bins, "rowpipe-test-dns"), "--ttl", "3600"]
+    for n in names:
+        dns_args += ["--mx", n]
+    off_rates, on_rates, lookups, same = [], [], [], True
+    for _ in range(args.repeat):
+        off = run_rowpipe(args, args.db, admin, path, 2, ref=False, label="rowpipe, 2 consumers, mail-domain check off")
+        dns = subprocess.Popen(dns_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            addr = dns.stdout.readline().split()[1]
+            on = run_rowpipe(args, args.db, admin, path, 2, ref=False,
+                             consumer_env={"ROWPIPE_CHECK_MAIL_DOMAIN": "mx", "ROWPIPE_DNS_SERVERS": addr},
+                             label="rowpipe, 2 consumers, mail-domain check mx")
+        finally:
+            out, _ = dns.communicate(timeout=30)
+        counts = json.loads(out.strip().splitlines()[-1])
+        lookups.append(counts["total"])
+        co, cn = off["status"]["counts"], on["status"]["counts"]
+        same &= all(co[k] == cn[k] for k in ("inserted", "duplicates", "rejected")) and cn.get("unverified", 0) == 0
+        off_rates.append(co["read"] / off["secs"])
+        on_rates.append(cn["read"] / on["secs"])
+    return off_rates, on_rates, lookups, same
+
+
 # ---------------------------------------------------------------- the 1 GiB upload
 def upload_gib(args):
     """Stream a generated body of the given size (never written to disk) into the
@@ -452,6 +487,9 @@ def main():
     ap.add_argument("--naive-rows", type=int, default=3000, help="rows for the one-row-per-transaction baseline")
     ap.add_argument("--tracing", action="store_true", help="also run with tracing exported, to measure its overhead")
     ap.add_argument("--repeat", type=int, default=3, help="alternating off/on pairs for --tracing")
+    ap.add_argument("--mail-domain", action="store_true",
+                    help="also run with ROWPIPE_CHECK_MAIL_DOMAIN=mx against a local DNS server (50 domains), "
+                         "alternating with off --repeat times, for its throughput cost")
     ap.add_argument("--upload-gib", type=float, help="only measure a generated upload of this size (GiB)")
     ap.add_argument("--pairs", type=int, default=1,
                     help="reference + rowpipe pairs to run at each consumer count; each pair's ratio is "
@@ -506,6 +544,7 @@ def main():
             traced = on
         traced["sink_bytes"] = sink.bytes
         overhead = (med(off_rates), med(on_rates), off_rates, on_rates)
+    mail = mail_domain_runs(args, admin, work) if args.mail_domain else None
 
     # The reference row shows the median reference; each rowpipe row's ratio
     # is against its own paired reference.
@@ -543,6 +582,16 @@ def main():
         print(f"tracing exported ({traced['sink_bytes'] / 2**20:.1f} MiB of OTLP received) vs off, median of {len(offs)} "
               f"alternating runs each: {on_m:,.0f} vs {off_m:,.0f} rows/s = {cost:+.1f}% throughput cost (target < 10%)")
         print(f"  off runs: {', '.join(f'{x:,.0f}' for x in offs)}; on runs: {', '.join(f'{x:,.0f}' for x in ons)}")
+    if mail:
+        offs, ons, lookups, same = mail
+        cost = (1 - med(ons) / med(offs)) * 100
+        bound = MAIL_DOMAINS * 2
+        print(f"mail-domain check (mx, {MAIL_DOMAINS} domains, 2 consumer processes) vs off, median of {len(offs)} "
+              f"alternating runs each: {med(ons):,.0f} vs {med(offs):,.0f} rows/s = {cost:+.1f}% throughput cost (target < 10%)")
+        print(f"  off runs: {', '.join(f'{x:,.0f}' for x in offs)}; mx runs: {', '.join(f'{x:,.0f}' for x in ons)}")
+        print(f"  DNS queries counted at the server per mx run: {', '.join(str(x) for x in lookups)} "
+              f"(at most one per domain per process: {bound}); same counts as off, none unverified: {'yes' if same else 'NO'}")
+        ok &= same and all(x <= bound for x in lookups)
     entry = entry_bytes(args.redis, csv_path)
     bound = default2["max_backlog"] * entry / 2**20
     peak = max(r["redis_peak"] for r in results)

@@ -82,6 +82,116 @@ pub struct Config {
     /// Accept quoted local parts (`"john.smith"@example.com`).
     #[arg(long, env = "ROWPIPE_ALLOW_QUOTED_LOCAL_PART", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_quoted_local_part: bool,
+
+    /// The deliverability check (`ROWPIPE_CHECK_MAIL_DOMAIN`) and its DNS.
+    #[command(flatten)]
+    pub mail_domain: MailDomainConfig,
+}
+
+/// Whether accepted rows' domains are looked up in DNS.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckMailDomain {
+    /// No lookups: an address is judged by its syntax alone.
+    #[default]
+    Off,
+    /// A domain must have MX records, or none and an A/AAAA address (RFC
+    /// 5321's implicit MX); NXDOMAIN, a null MX (RFC 7505) or neither
+    /// rejects the row as `no_mail_domain`. A failed lookup stores the row
+    /// as `unverified`.
+    Mx,
+}
+
+/// The deliverability check's settings (see `crate::mail_domain`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MailDomainConfig {
+    /// `off` (default: nothing is looked up) or `mx`.
+    #[arg(long, env = "ROWPIPE_CHECK_MAIL_DOMAIN", value_enum, default_value_t = CheckMailDomain::Off)]
+    pub check_mail_domain: CheckMailDomain,
+
+    /// Name servers to ask, comma-separated `ip` or `ip:port` (`[v6]:port`);
+    /// unset: the system's resolver configuration (/etc/resolv.conf).
+    #[arg(long, env = "ROWPIPE_DNS_SERVERS")]
+    pub dns_servers: Option<String>,
+
+    /// Time one domain's lookup may take (MX, then A/AAAA), in milliseconds;
+    /// past it the rows are stored `unverified` (`dns_timeout`).
+    #[arg(long, env = "ROWPIPE_DNS_TIMEOUT_MS", default_value_t = 2000)]
+    pub dns_timeout_ms: u64,
+
+    /// Lookups in flight at once in this process, over all its workers.
+    #[arg(long, env = "ROWPIPE_DNS_CONCURRENCY", default_value_t = 32)]
+    pub dns_concurrency: usize,
+
+    /// Floor of the time an answer is kept, in seconds: an answer with a
+    /// shorter TTL (or 0) is kept this long, so a large upload does not ask
+    /// again and again.
+    #[arg(long, env = "ROWPIPE_DNS_MIN_TTL_SECS", default_value_t = 60)]
+    pub dns_min_ttl_secs: u64,
+
+    /// Ceiling of the time an answer is kept, in seconds, for positive and
+    /// negative (NXDOMAIN, no records) answers alike.
+    #[arg(long, env = "ROWPIPE_DNS_MAX_TTL_SECS", default_value_t = 3600)]
+    pub dns_max_ttl_secs: u64,
+
+    /// Seconds a failed lookup (timeout, SERVFAIL) is remembered before the
+    /// domain is asked again; meanwhile its rows are stored `unverified`
+    /// without waiting for another timeout.
+    #[arg(long, env = "ROWPIPE_DNS_FAILURE_TTL_SECS", default_value_t = 10)]
+    pub dns_failure_ttl_secs: u64,
+
+    /// Domains the cache holds at most; past that, expired answers are
+    /// dropped first, then all.
+    #[arg(long, env = "ROWPIPE_DNS_CACHE_SIZE", default_value_t = 100_000)]
+    pub dns_cache_size: usize,
+}
+
+impl MailDomainConfig {
+    /// Fail fast on values that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.dns_timeout_ms == 0 {
+            anyhow::bail!("ROWPIPE_DNS_TIMEOUT_MS must be at least 1");
+        }
+        if self.dns_concurrency == 0 || self.dns_concurrency > 1024 {
+            anyhow::bail!("ROWPIPE_DNS_CONCURRENCY must be between 1 and 1024");
+        }
+        if self.dns_min_ttl_secs > self.dns_max_ttl_secs {
+            anyhow::bail!("ROWPIPE_DNS_MIN_TTL_SECS must not exceed ROWPIPE_DNS_MAX_TTL_SECS");
+        }
+        if self.dns_cache_size == 0 {
+            anyhow::bail!("ROWPIPE_DNS_CACHE_SIZE must be at least 1");
+        }
+        self.name_servers()?;
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.dns_timeout_ms)
+    }
+
+    /// `ROWPIPE_DNS_SERVERS` parsed (port 53 where none is given); `None`
+    /// for the system's configuration.
+    pub fn name_servers(&self) -> anyhow::Result<Option<Vec<SocketAddr>>> {
+        let Some(list) = self.dns_servers.as_deref().filter(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "ROWPIPE_DNS_SERVERS: {s:?} is not an IP address or ip:port"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(Some)
+    }
 }
 
 impl Config {
@@ -99,6 +209,7 @@ impl Config {
         if self.max_deliveries == 0 {
             anyhow::bail!("ROWPIPE_MAX_DELIVERIES must be at least 1");
         }
+        self.mail_domain.validate()?;
         Ok(())
     }
 

@@ -15,6 +15,10 @@
 //! * [`loss`]: naming the rows lost in the stream (`incomplete`), settling
 //!   `interrupted` uploads, and marking `interrupted` those whose upload
 //!   instance stopped renewing its lease.
+//! * [`mail_domain`]: the optional deliverability check
+//!   (`ROWPIPE_CHECK_MAIL_DOMAIN=mx`): each batch's distinct domains looked
+//!   up in DNS (MX, then A/AAAA) through a per-process cache, before the
+//!   batch is stored.
 //! * [`reclaim`]: which worker's turn it is to take over entries dead consumers left pending.
 //! * [`maintenance`]: healing the group, gauges, trimming acknowledged
 //!   entries, forgetting dead consumers, and running the sweeps.
@@ -22,6 +26,7 @@
 pub mod completion;
 pub mod config;
 pub mod loss;
+pub mod mail_domain;
 pub mod maintenance;
 pub mod reclaim;
 pub mod startup;

@@ -13,6 +13,7 @@ use rowpipe_core::store::Store;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::mail_domain::MailDomains;
 use crate::reclaim::ReclaimTurns;
 use crate::worker::{Health, Worker};
 
@@ -23,6 +24,8 @@ pub struct Application {
     redis: redis::aio::ConnectionManager,
     health: Arc<Health>,
     reclaim_turns: Arc<ReclaimTurns>,
+    /// The deliverability check its workers share (one cache per process).
+    mail_domains: Option<Arc<MailDomains>>,
     listener: TcpListener,
     port: u16,
     base_name: String,
@@ -45,12 +48,14 @@ impl Application {
         let port = listener.local_addr()?.port();
         let base_name = config.consumer_base_name();
         let reclaim_turns = Arc::new(ReclaimTurns::new(config.reclaim_interval()));
+        let mail_domains = MailDomains::from_config(&config)?;
         Ok(Self {
             config: Arc::new(config),
             store,
             redis,
             health: Arc::new(Health::default()),
             reclaim_turns,
+            mail_domains,
             listener,
             port,
             base_name,
@@ -72,6 +77,7 @@ impl Application {
             self.reclaim_turns.clone(),
         )
         .await
+        .map(|w| w.with_mail_domains(self.mail_domains.clone()))
     }
 
     /// Run workers, housekeeping and the HTTP port until shutdown, then

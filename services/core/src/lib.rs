@@ -16,6 +16,12 @@
 //! * [`validate`]: the rules a field is judged by: the email policy,
 //!   normalization of the uniqueness key, the name, and
 //!   [`validate::RejectReason`] with every reason code.
+//! * [`suggest`]: typo suggestions for a rejected address's domain
+//!   (`gmial.com` → `gmail.com`), from the data files `data/common_mail_domains.txt`
+//!   and `data/tlds.txt`.
+//! * [`deliverability`]: what the consumer's DNS check found about an
+//!   accepted row's domain ([`deliverability::DomainVerdict`]) and what it
+//!   does to the row (rejected as `no_mail_domain`, or stored `unverified`).
 //! * [`verdict`]: the verdict on a row ([`verdict::RowVerdict`],
 //!   [`verdict::JudgedRow`]) and [`verdict::judge`], which reaches it from a
 //!   stream entry.
@@ -34,10 +40,12 @@
 //! * [`shutdown`]: the SIGTERM/SIGINT future threaded through every task.
 
 pub mod config;
+pub mod deliverability;
 pub mod row;
 pub mod shutdown;
 pub mod store;
 pub mod stream;
+pub mod suggest;
 pub mod telemetry;
 pub mod validate;
 pub mod verdict;

@@ -50,11 +50,16 @@ pub enum RejectReason {
     /// A quoted field that does not close before the end of the file or
     /// within the field limit (the intake resumes on the next line).
     UnterminatedQuote,
+    /// The domain cannot receive mail: it does not exist (NXDOMAIN),
+    /// publishes a null MX (RFC 7505), or has neither MX nor A/AAAA records.
+    /// Only given when the consumer's deliverability check is on
+    /// (`ROWPIPE_CHECK_MAIL_DOMAIN=mx`).
+    NoMailDomain,
 }
 
 impl RejectReason {
     /// Every reason, for metrics and documentation.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::MissingEmail,
         Self::InvalidSyntax,
         Self::MultipleAt,
@@ -70,6 +75,7 @@ impl RejectReason {
         Self::BadEncoding,
         Self::ProcessingFailed,
         Self::UnterminatedQuote,
+        Self::NoMailDomain,
     ];
 
     /// The stable code, e.g. `invalid_domain`.
@@ -90,6 +96,7 @@ impl RejectReason {
             Self::BadEncoding => "bad_encoding",
             Self::ProcessingFailed => "processing_failed",
             Self::UnterminatedQuote => "unterminated_quote",
+            Self::NoMailDomain => "no_mail_domain",
         }
     }
 
@@ -268,20 +275,24 @@ fn screen_characters(nfc: &str) -> Result<(), Rejection> {
     if let Some(c) = nfc.chars().find(|c| c.is_whitespace()) {
         return reject(
             WhitespaceInside,
-            format!("the address contains whitespace ({:?})", c),
+            format!("the address contains whitespace ({})", describe_char(c)),
         );
     }
     if let Some(c) = nfc.chars().find(|c| c.is_control()) {
         return reject(
             InvalidSyntax,
-            format!("the address contains a control character ({:?})", c),
+            format!(
+                "the address contains a control character ({})",
+                describe_char(c)
+            ),
         );
     }
     if let Some(c) = nfc.chars().find(|c| matches!(c, '<' | '>' | '(' | ')')) {
         return reject(
             InvalidSyntax,
             format!(
-                "the address contains {c:?}; write the bare address without brackets or comments"
+                "the address contains {}; write the bare address without brackets or comments",
+                describe_char(c)
             ),
         );
     }
@@ -304,50 +315,48 @@ fn normalize_parts(local: &str, ascii_domain: &str) -> String {
 }
 
 /// Lower-cased ASCII form of a domain, with the label rules applied.
+///
+/// What a label may hold is IDNA's to say (UTS #46, with the STD3 ASCII
+/// rules: ASCII labels are letters, digits and '-'), not "letters and
+/// digits": scripts written with combining marks (the Devanagari virama
+/// U+094D, Thai vowel signs, …) are valid in domain names, and UTS #46 also
+/// maps what it maps (upper case, full-width forms, ideographic full stops).
+/// Hyphen positions, label lengths and the TLD are checked afterwards, on
+/// the ASCII form, so their messages can be specific.
 fn ascii_domain(domain: &str) -> Result<String, Rejection> {
     use RejectReason::InvalidDomain;
-    if let Some(c) = domain
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || *c == '-' || *c == '.'))
-    {
-        return reject(
-            InvalidDomain,
-            format!(
-                "the domain {domain:?} contains {c:?}; only letters, digits, '-' and '.' are allowed"
-            ),
-        );
-    }
     if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return reject(
             InvalidDomain,
-            format!("the domain {domain:?} has an empty label (a leading, trailing or double dot)"),
+            format!(
+                "the domain {} has an empty label (a leading, trailing or double dot)",
+                quoted(domain)
+            ),
         );
     }
     // Plain ASCII host names (the common case) only need lower-casing; IDNA
-    // is for Unicode labels and for `xn--` labels, which must decode.
-    let plain = domain.is_ascii()
+    // is for everything else, `xn--` labels included (they must decode).
+    let plain = domain
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !domain
             .as_bytes()
             .windows(4)
             .any(|w| w.eq_ignore_ascii_case(b"xn--"));
-    let ascii = match plain {
-        true => Ok(domain.to_ascii_lowercase()),
-        false => idna::domain_to_ascii(domain),
-    };
-    let ascii = match ascii {
-        Ok(a) => a,
-        Err(_) => {
-            return reject(
-                InvalidDomain,
-                format!("the domain {domain:?} is not a valid internationalized domain name"),
-            );
+    let ascii = if plain {
+        domain.to_ascii_lowercase()
+    } else {
+        match uts46_to_ascii(domain) {
+            Ok(a) => a,
+            Err(()) => return reject(InvalidDomain, idna_refusal(domain)),
         }
     };
     if !ascii.contains('.') {
         return reject(
             InvalidDomain,
             format!(
-                "the domain {domain:?} has no dot; a public domain such as example.com is expected"
+                "the domain {} has no dot; a public domain such as example.com is expected",
+                quoted(domain)
             ),
         );
     }
@@ -355,19 +364,25 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
         if label.is_empty() {
             return reject(
                 InvalidDomain,
-                format!("the domain {domain:?} has an empty label"),
+                format!("the domain {} has an empty label", quoted(domain)),
             );
         }
         if label.len() > 63 {
             return reject(
                 InvalidDomain,
-                format!("a label of the domain {domain:?} is longer than 63 octets"),
+                format!(
+                    "a label of the domain {} is longer than 63 octets",
+                    quoted(domain)
+                ),
             );
         }
         if label.starts_with('-') || label.ends_with('-') {
             return reject(
                 InvalidDomain,
-                format!("a label of the domain {domain:?} starts or ends with '-'"),
+                format!(
+                    "a label of the domain {} starts or ends with '-'",
+                    quoted(domain)
+                ),
             );
         }
         if !label
@@ -376,7 +391,10 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
         {
             return reject(
                 InvalidDomain,
-                format!("the domain {domain:?} has characters not allowed in a host name"),
+                format!(
+                    "the domain {} has characters not allowed in a host name",
+                    quoted(domain)
+                ),
             );
         }
     }
@@ -384,10 +402,100 @@ fn ascii_domain(domain: &str) -> Result<String, Rejection> {
     if tld.len() < 2 || tld.bytes().all(|b| b.is_ascii_digit()) {
         return reject(
             InvalidDomain,
-            format!("the top-level domain {tld:?} of {domain:?} is not valid"),
+            format!(
+                "the top-level domain {} of {} is not valid",
+                quoted(tld),
+                quoted(domain)
+            ),
         );
     }
     Ok(ascii)
+}
+
+/// UTS #46 ToASCII as a mail domain needs it: STD3 ASCII rules, hyphen
+/// positions and lengths left to [`ascii_domain`]'s own checks.
+fn uts46_to_ascii(domain: &str) -> Result<String, ()> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Allow,
+            DnsLength::Ignore,
+        )
+        .map(|a| a.into_owned())
+        .map_err(|_| ())
+}
+
+/// Why UTS #46 refused a domain, naming the character where one is to
+/// blame. The IDNA crate says only that it failed, so each character is
+/// tried in the smallest labels it could stand in: a character no such
+/// label accepts is one IDNA does not allow at all (`_`, `!`, emoji, …); a
+/// combining mark is fine after a letter and a right-to-left letter on its
+/// own, so neither is blamed for a rule about its place in a label.
+fn idna_refusal(domain: &str) -> String {
+    let disallowed = |c: char| {
+        [format!("{c}"), format!("a{c}"), format!("{c}a")]
+            .iter()
+            .all(|probe| uts46_to_ascii(probe).is_err())
+    };
+    if let Some(c) = domain
+        .chars()
+        .filter(|c| *c != '.')
+        .find(|c| disallowed(*c))
+    {
+        return format!(
+            "the domain {} contains {}, which IDNA (UTS #46) does not allow in a domain name",
+            quoted(domain),
+            describe_char(c)
+        );
+    }
+    if domain.to_ascii_lowercase().contains("xn--") {
+        return format!(
+            "the domain {} has an xn-- label that is not valid punycode of a valid label",
+            quoted(domain)
+        );
+    }
+    format!(
+        "the domain {} is not a valid internationalized domain name (UTS #46): a label may not \
+         begin with a combining mark, mix left-to-right and right-to-left letters, or hold a \
+         joiner where none belongs",
+        quoted(domain)
+    )
+}
+
+/// A character for a message: itself in quotes and its code point,
+/// `'्' U+094D`, so a reader sees it and can look it up. Characters that
+/// show as nothing or move the text around (controls, spaces, zero-width and
+/// direction marks) are given by code point alone.
+pub fn describe_char(c: char) -> String {
+    let invisible = c.is_control()
+        || c.is_whitespace()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+    if invisible {
+        format!("U+{:04X}", c as u32)
+    } else {
+        format!("'{c}' U+{:04X}", c as u32)
+    }
+}
+
+/// Text from the file in a message: in double quotes, as written (no Rust
+/// escapes), with anything invisible given by code point.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match describe_char(c) {
+            d if d.starts_with('U') => {
+                out.push('<');
+                out.push_str(&d);
+                out.push('>');
+            }
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
@@ -412,7 +520,10 @@ fn check_dot_atom(local: &str) -> Result<(), Rejection> {
     }) {
         return reject(
             InvalidSyntax,
-            format!("the part before the @ contains {c:?}, which is not allowed there"),
+            format!(
+                "the part before the @ contains {}, which is not allowed there",
+                describe_char(c)
+            ),
         );
     }
     Ok(())

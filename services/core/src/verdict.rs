@@ -12,8 +12,10 @@
 //! one is made from a stream entry. The store takes [`JudgedRow`]s and
 //! records them; it never judges.
 
+use crate::deliverability::Unverified;
 use crate::row::RowFields;
 use crate::stream::{EntryBody, StreamEntry};
+use crate::suggest;
 use crate::validate::{EmailPolicy, RejectReason, Rejection, validate_email, validate_name};
 
 /// The verdict on one row.
@@ -82,6 +84,10 @@ pub struct JudgedRow {
     pub upload_seq: i64,
     pub row_number: i64,
     pub verdict: RowVerdict,
+    /// An accepted row whose mail domain the consumer's DNS check could not
+    /// verify (see [`crate::deliverability`]); `None` when the check is off,
+    /// passed, or the row is rejected.
+    pub unverified: Option<Unverified>,
 }
 
 /// Judge one entry. `upload_seq` is the entry's own, or the one looked up.
@@ -100,16 +106,22 @@ pub fn judge(entry: StreamEntry, upload_seq: i64, policy: EmailPolicy) -> Judged
         upload_seq,
         row_number: entry.row_number,
         verdict,
+        unverified: None,
     }
 }
 
 fn judge_row(entry: &StreamEntry, row: &RowFields, policy: EmailPolicy) -> RowVerdict {
+    let raw = row.email.as_deref().unwrap_or("");
+    // Every reject whose domain is a typo of a common one says what was
+    // probably meant (`crate::suggest`); only rejects pay for the search.
     let reject = |r: Rejection| RowVerdict::Reject {
         reason: r.reason,
-        message: r.message,
+        message: match suggest::suggest_address(raw, policy) {
+            Some(address) => suggest::with_suggestion(&r.message, &address),
+            None => r.message,
+        },
         fields: entry.original_fields_json(),
     };
-    let raw = row.email.as_deref().unwrap_or("");
     let email = match validate_email(raw, policy) {
         Ok(e) => e,
         Err(r) => return reject(r),

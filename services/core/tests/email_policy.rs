@@ -135,3 +135,34 @@ proptest! {
         }
     }
 }
+
+/// Messages write a character as itself and its code point (`'्' U+094D`),
+/// never as a Rust escape, and IDNA (UTS #46) decides what a label may hold.
+#[test]
+fn messages_name_characters_by_code_point_and_idna_decides_labels() {
+    let p = EmailPolicy::default();
+    let message = |raw: &str| match validate_email(raw, p) {
+        Err(r) => r.message,
+        Ok(v) => panic!("{raw:?} accepted as {:?}", v.normalized),
+    };
+    // The virama is a combining mark IDNA allows: Devanagari domains pass.
+    assert!(validate_email("user@हिन्दी.example.com", p).is_ok());
+    // A label may not begin with one, and the message shows it as written.
+    let m = message("user@्example.com");
+    assert!(m.contains("\"्example.com\""), "{m}");
+    assert!(!m.contains("\\u{"), "{m}");
+    let m = message("jane@my_domain.com");
+    assert!(m.contains("'_' U+005F"), "{m}");
+    let m = message("user@bü_cher.de");
+    assert!(
+        m.contains("'_' U+005F") && m.contains("\"bü_cher.de\""),
+        "{m}"
+    );
+    let m = message("user@हिन्_दी.com");
+    assert!(m.contains("'_' U+005F") && m.contains("हिन्_दी.com"), "{m}");
+    // Invisible characters are named by code point alone.
+    let m = message("jane\u{a0}doe@example.com");
+    assert!(m.contains("(U+00A0)"), "{m}");
+    let m = message("jane\u{7}@example.com");
+    assert!(m.contains("U+0007"), "{m}");
+}

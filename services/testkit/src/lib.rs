@@ -19,6 +19,8 @@
 //!   [`TestApp`] ([`UploadProcess`]), for tests that kill an instance.
 //! * [`data`]: reproducible contact files ([`generate_contacts`]) and the
 //!   oracle of the table they must leave ([`Generated::oracle`]).
+//! * [`dns`]: an authoritative DNS server of the test's own on a loopback
+//!   port ([`TestDns`]), with a [`Zone`] per domain and a count of queries.
 //! * [`faults`]: a database link to cut ([`ToggleProxy`]) and a Redis of the
 //!   test's own to restart ([`OwnRedis`]).
 //! * [`assertions`]: shared checks and [`eventually`].
@@ -33,6 +35,7 @@ pub mod config;
 pub mod consumer;
 pub mod data;
 pub mod db;
+pub mod dns;
 pub mod faults;
 pub mod macros;
 pub mod services;
@@ -43,6 +46,7 @@ pub use assertions::{acknowledged, assert_every_row_counted_once, eventually};
 pub use consumer::ConsumerProcess;
 pub use data::{Generated, generate_contacts};
 pub use db::{Backend, TestDb};
+pub use dns::{TestDns, Zone};
 pub use faults::proxy::ToggleProxy;
 pub use faults::redis::OwnRedis;
 pub use services::{fresh_stream, host_port, redis_url, require_binary, via_port};

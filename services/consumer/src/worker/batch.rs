@@ -118,7 +118,17 @@ impl Worker {
             span_id = tracing::field::Empty,
         );
         rowpipe_core::telemetry::record_trace_ids(&span);
-        let Sorted { ids, rows, poison } = self.sort(delivered, &deliveries, &span);
+        let Sorted {
+            ids,
+            mut rows,
+            poison,
+        } = self.sort(delivered, &deliveries, &span);
+        // ROWPIPE_CHECK_MAIL_DOMAIN: the batch's domains, looked up per
+        // domain before the rows are stored (crate::mail_domain).
+        if let Some(check) = &self.mail_domains {
+            let redelivered = reclaimed.then_some(&self.store);
+            check.check(&mut rows, redelivered).await?;
+        }
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
             span.record("rowpipe.upload_id", first.upload_id.as_str());
             span.record("rowpipe.row_number_start", first.row_number);

@@ -79,6 +79,9 @@ pub struct Worker {
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
     reclaim_turns: Arc<ReclaimTurns>,
+    /// The deliverability check, shared by the process's workers; `None`
+    /// when `ROWPIPE_CHECK_MAIL_DOMAIN=off`.
+    mail_domains: Option<Arc<crate::mail_domain::MailDomains>>,
 }
 
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -111,7 +114,18 @@ impl Worker {
             health,
             seq_cache: HashMap::new(),
             reclaim_turns,
+            mail_domains: None,
         })
+    }
+
+    /// Check the domains of this worker's batches with `check` (see
+    /// [`crate::mail_domain`]).
+    pub fn with_mail_domains(
+        mut self,
+        check: Option<Arc<crate::mail_domain::MailDomains>>,
+    ) -> Self {
+        self.mail_domains = check;
+        self
     }
 
     pub fn name(&self) -> &str {

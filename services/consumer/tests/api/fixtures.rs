@@ -18,6 +18,7 @@ pub fn accepted(upload: &str, seq: i64, row: i64, email: &str, name: Option<Stri
             name,
             attributes: None,
         },
+        unverified: None,
     }
 }
 
@@ -33,6 +34,7 @@ pub fn rejected(upload: &str, seq: i64, row: i64, message: String, fields: Strin
             message,
             fields,
         },
+        unverified: None,
     }
 }
 

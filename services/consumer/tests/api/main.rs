@@ -10,6 +10,7 @@ mod fixtures;
 mod hostile_input;
 mod in_process;
 mod ledger;
+mod mail_domain;
 mod pipeline;
 mod queue_loss;
 mod reader;

@@ -76,7 +76,10 @@ async fn a_file_with_every_reason_is_fully_accounted_for(backend: Backend) {
 
     let csv = app.get_text(&format!("/v1/uploads/{id}/rejects")).await;
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("row_number,reason,message,fields"));
+    assert_eq!(
+        lines.next(),
+        Some("row_number,reason,message,fields,suggestion")
+    );
     let got: Vec<(i64, String)> = lines
         .map(|l| {
             let mut parts = l.splitn(3, ',');

@@ -105,6 +105,10 @@ pub struct UploadCounts {
     pub missing: i64,
     /// Rejected rows by reason code.
     pub rejected_by_reason: BTreeMap<String, i64>,
+    /// Stored rows (inserted or duplicates) whose mail domain the DNS check
+    /// could not verify (a timeout, SERVFAIL): see `GET …/unverified`.
+    #[serde(default)]
+    pub unverified: i64,
 }
 
 /// One row of `uploads`, with its counts.
@@ -180,6 +184,7 @@ fn record_from_row(row: &AnyRow) -> Result<UploadRecord, sqlx::Error> {
             rejected: row.try_get("rows_rejected")?,
             missing: row.try_get("rows_missing")?,
             rejected_by_reason: BTreeMap::new(),
+            unverified: 0,
         },
         missing_rows: row
             .try_get::<Option<String>, _>("missing_rows")?
@@ -462,6 +467,7 @@ impl Store {
         };
         self.add_rejected_by_reason(std::slice::from_mut(&mut record))
             .await?;
+        record.counts.unverified = self.unverified_count(id).await?;
         Ok(Some(record))
     }
 

@@ -1,13 +1,22 @@
 //! `/v1/uploads/{id}/rejects` and `/v1/uploads/{id}/duplicates`: an upload's
-//! rows that were not stored, as CSV a client can fix and send back.
+//! rows that were not stored, as CSV a client can fix and send back; and
+//! `/v1/uploads/{id}/unverified`: rows stored although the consumer's DNS
+//! check could not verify their domain, in the rejects' shape.
+//!
+//! Both row exports end with a `suggestion` column: the address the sender
+//! probably meant (`jane@gmail.com` for `jane@gmial.com`), read from the
+//! message that carries it (`rowpipe_core::suggest`), so the column and the
+//! message always agree; empty where there is none.
 
 use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rowpipe_core::store::unverified::UnverifiedRow;
 use rowpipe_core::store::uploads::RejectedRow;
 use rowpipe_core::store::{Store, StoreError};
+use rowpipe_core::suggest;
 
 use crate::auth::Caller;
 use crate::csv_writer::{PAGE, paged_csv};
@@ -18,6 +27,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/uploads/{id}/rejects", get(get_rejects))
         .route("/v1/uploads/{id}/duplicates", get(get_duplicates))
+        .route("/v1/uploads/{id}/unverified", get(get_unverified))
 }
 
 /// `GET /v1/uploads/{id}/rejects`
@@ -38,7 +48,16 @@ pub async fn get_duplicates(
     export(state, caller, id, Export::Duplicates).await
 }
 
-/// The exports of an upload's rows; both have the same shape (a row number,
+/// `GET /v1/uploads/{id}/unverified`
+pub async fn get_unverified(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    export(state, caller, id, Export::Unverified).await
+}
+
+/// The exports of an upload's rows; all have the same shape (a row number,
 /// then fields) and differ only in the header and the rows read.
 #[derive(Clone, Copy, Debug)]
 enum Export {
@@ -47,13 +66,17 @@ enum Export {
     Rejects,
     /// Row numbers that lost to an earlier row with the same email.
     Duplicates,
+    /// Stored rows whose mail domain DNS could not verify (row number,
+    /// reason, message, the fields as stored, the domain).
+    Unverified,
 }
 
 impl Export {
     fn header(self) -> &'static str {
         match self {
-            Export::Rejects => "row_number,reason,message,fields",
+            Export::Rejects => "row_number,reason,message,fields,suggestion",
             Export::Duplicates => "row_number,email",
+            Export::Unverified => "row_number,reason,message,fields,domain,suggestion",
         }
     }
 
@@ -67,7 +90,13 @@ impl Export {
         Ok(match self {
             Export::Rejects => {
                 let rows = store.rejected_rows_page(id, after, PAGE).await?;
-                let fields = |r: RejectedRow| (r.row_number, vec![r.reason, r.message, r.fields]);
+                let fields = |r: RejectedRow| {
+                    let suggestion = suggestion_of(&r.message);
+                    (
+                        r.row_number,
+                        vec![r.reason, r.message, r.fields, suggestion],
+                    )
+                };
                 rows.into_iter().map(fields).collect()
             }
             Export::Duplicates => {
@@ -76,8 +105,24 @@ impl Export {
                     .map(|(n, email)| (n, vec![email]))
                     .collect()
             }
+            Export::Unverified => {
+                let rows = store.unverified_rows_page(id, after, PAGE).await?;
+                let fields = |r: UnverifiedRow| {
+                    let suggestion = suggestion_of(&r.message);
+                    (
+                        r.row_number,
+                        vec![r.reason, r.message, r.fields, r.domain, suggestion],
+                    )
+                };
+                rows.into_iter().map(fields).collect()
+            }
         })
     }
+}
+
+/// The `suggestion` column: what the message suggests, or empty.
+fn suggestion_of(message: &str) -> String {
+    suggest::suggestion_in(message).unwrap_or("").to_string()
 }
 
 /// The CSV export of upload `id`, or 404 when there is no such upload or

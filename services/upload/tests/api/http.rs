@@ -186,6 +186,7 @@ async fn the_openapi_document_describes_every_route_and_status_the_service_uses(
         ("/v1/uploads/{id}", "get", &["200", "401", "404"]),
         ("/v1/uploads/{id}/rejects", "get", &["200", "404"]),
         ("/v1/uploads/{id}/duplicates", "get", &["200", "404"]),
+        ("/v1/uploads/{id}/unverified", "get", &["200", "404"]),
         ("/healthz", "get", &["200"]),
         ("/readyz", "get", &["200", "503"]),
         ("/metrics", "get", &["200"]),
