@@ -22,8 +22,13 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::error::ApiError;
 
-/// How many decoded bytes are looked at to tell what the file is.
+/// How many decoded bytes are looked at to tell what the file is (at
+/// most: the first chunks that hold at least [`SNIFF_MIN`] are enough).
 const SNIFF_BYTES: usize = 8 * 1024;
+
+/// Decoded bytes waited for before telling what the file is: few, so a
+/// slowly sent file starts flowing with its first chunk.
+const SNIFF_MIN: usize = 512;
 
 /// Size of the decompressed chunks handed to the ingest.
 const DECODED_CHUNK: usize = 64 * 1024;
@@ -102,19 +107,20 @@ pub type FileStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + 
 pub async fn open<'a, S, E>(
     body: S,
     declared: Option<Compression>,
+    idle: std::time::Duration,
 ) -> Result<(FileStream<'a>, Option<Compression>), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'a,
     E: std::error::Error + Send + Sync + 'static,
 {
     let raw: FileStream<'a> = Box::pin(body.map_err(|e| BodyError::Transport(Box::new(e))));
-    let (head, raw) = peek(raw, 4).await?;
+    let (head, raw) = peek(raw, 4, idle).await?;
     let compression = declared.or_else(|| Compression::from_magic(&head));
     let decoded: FileStream<'a> = match compression {
         None => raw,
         Some(c) => decompress(raw, c),
     };
-    let (head, decoded) = peek(decoded, SNIFF_BYTES).await?;
+    let (head, decoded) = peek(decoded, SNIFF_MIN, idle).await?;
     if let Some(what) = not_text(&head) {
         return Err(ApiError::UnsupportedMediaType(what));
     }
@@ -135,19 +141,26 @@ where
     (decompress(raw, compression), Some(compression))
 }
 
-/// The first `want` bytes of `stream` (fewer if it ends), and the stream
-/// with them put back in front.
+/// The first chunks of `stream` until they hold `want` bytes (fewer if it
+/// ends), at most [`SNIFF_BYTES`] of them, and the stream with them put
+/// back in front. A body that sends nothing for `idle` is stopped here too.
 async fn peek<'a>(
     mut stream: FileStream<'a>,
     want: usize,
+    idle: std::time::Duration,
 ) -> Result<(Vec<u8>, FileStream<'a>), ApiError> {
     let mut chunks: Vec<Result<Bytes, BodyError>> = Vec::new();
     let mut head = Vec::new();
     while head.len() < want {
-        match stream.next().await {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::BodyIdle {
+                idle_secs: idle.as_secs(),
+            })?;
+        match next {
             None => break,
             Some(Ok(chunk)) => {
-                head.extend_from_slice(&chunk[..chunk.len().min(want - head.len())]);
+                head.extend_from_slice(&chunk[..chunk.len().min(SNIFF_BYTES - head.len())]);
                 chunks.push(Ok(chunk));
             }
             // The error is the ingest's to report (it knows the limit and

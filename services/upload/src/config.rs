@@ -80,6 +80,32 @@ pub struct Config {
     /// interrupted (with the row reached, resumable) so the process can exit.
     #[arg(long, env = "ROWPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+
+    /// Seconds a connection has to send a request's head (request line and
+    /// headers) before it is closed: a client dribbling headers holds
+    /// nothing for long.
+    #[arg(long, env = "ROWPIPE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds an upload's body may send nothing before the upload is
+    /// stopped (408; the upload is interrupted, resumable).
+    #[arg(long, env = "ROWPIPE_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_idle_timeout_secs: u64,
+
+    /// Connections open at once; past it a new connection is closed.
+    #[arg(long, env = "ROWPIPE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Uploads this instance receives at once; past it `POST /v1/uploads`
+    /// answers 429 with `Retry-After`.
+    #[arg(long, env = "ROWPIPE_MAX_CONCURRENT_UPLOADS", default_value_t = 16)]
+    pub max_concurrent_uploads: usize,
+
+    /// Bytes of a multipart body before its `file` part's data begins
+    /// (the preamble, every part's headers, and any fields before `file`);
+    /// more is refused (400) instead of buffered.
+    #[arg(long, env = "ROWPIPE_MAX_PART_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_part_header_bytes: u64,
 }
 
 impl Config {
@@ -93,6 +119,16 @@ impl Config {
         }
         if self.max_backlog < self.enqueue_batch as u64 {
             anyhow::bail!("ROWPIPE_MAX_BACKLOG must be at least ROWPIPE_ENQUEUE_BATCH");
+        }
+        if self.max_connections == 0 || self.max_concurrent_uploads == 0 {
+            anyhow::bail!(
+                "ROWPIPE_MAX_CONNECTIONS and ROWPIPE_MAX_CONCURRENT_UPLOADS must be at least 1"
+            );
+        }
+        if self.header_read_timeout_secs == 0 || self.body_idle_timeout_secs == 0 {
+            anyhow::bail!(
+                "ROWPIPE_HEADER_READ_TIMEOUT_SECS and ROWPIPE_BODY_IDLE_TIMEOUT_SECS must be at least 1"
+            );
         }
         if self.max_columns == 0 || self.max_field_bytes == 0 || self.max_row_bytes == 0 {
             anyhow::bail!("row limits must be positive");

@@ -32,6 +32,13 @@ pub enum ApiError {
         upload_id: Option<String>,
         rows_read: i64,
     },
+    #[error(
+        "this instance is receiving as many uploads as it takes at once; retry in \
+         {retry_after_secs} s"
+    )]
+    TooManyUploads { retry_after_secs: u64 },
+    #[error("the request body sent nothing for {idle_secs} s")]
+    BodyIdle { idle_secs: u64 },
     #[error("the service is shutting down; retry the upload")]
     ShuttingDown { upload_id: Option<String> },
     /// Redis or the database failed. The text before the first `": "` is
@@ -99,6 +106,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyIdle { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShuttingDown { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -116,6 +125,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable { .. } => "unprocessable_file",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManyUploads { .. } => "too_many_uploads",
+            ApiError::BodyIdle { .. } => "body_idle",
             ApiError::ShuttingDown { .. } => "shutting_down",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Interrupted { cause, .. } => cause.code(),
@@ -160,7 +171,17 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        let retry_after = match &self {
+            ApiError::TooManyUploads { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -52,6 +52,8 @@ enum Stop {
     TooLarge,
     ShuttingDown,
     LeaseLost,
+    /// The body sent nothing for `ROWPIPE_BODY_IDLE_TIMEOUT_SECS`.
+    Idle,
     Body(String),
     /// The compressed data is corrupt (the file's fault).
     Corrupt(String),
@@ -125,6 +127,7 @@ where
     };
     tokio::pin!(deadline);
     let mut body = body;
+    let idle = std::time::Duration::from_secs(config.body_idle_timeout_secs);
 
     let make_entry = |row: IntakeRow| StreamEntry {
         upload_id: upload_id.to_string(),
@@ -139,7 +142,10 @@ where
             biased;
             _ = &mut deadline => break Some(Stop::ShuttingDown),
             _ = &mut lease_lost => break Some(Stop::LeaseLost),
-            chunk = body.next() => chunk,
+            chunk = tokio::time::timeout(idle, body.next()) => match chunk {
+                Ok(chunk) => chunk,
+                Err(_) => break Some(Stop::Idle),
+            },
         };
         let finished = chunk.is_none();
         let result = match chunk {
@@ -236,6 +242,9 @@ where
                 "the upload's lease was lost after {rows_read} rows (the database is unreachable, \
                  or another instance took the upload over)"
             )),
+            Stop::Idle => ApiError::BodyIdle {
+                idle_secs: config.body_idle_timeout_secs,
+            },
             Stop::Corrupt(message) => ApiError::Unprocessable {
                 message,
                 columns: Vec::new(),

@@ -5,6 +5,8 @@
 //! * [`config`]: the environment contract (`ROWPIPE_LISTEN`, limits, auth).
 //! * [`startup`]: [`startup::Application::build`] merges the route groups,
 //!   layers authentication, binds; then `run_until_stopped`.
+//! * [`serve`]: the HTTP server: header read timeout, connection cap,
+//!   graceful shutdown.
 //! * [`state`]: [`state::AppState`], what every handler can reach.
 //! * [`routes`]: one module per route group, each with its `router()`:
 //!   [`routes::uploads`], [`routes::exports`], [`routes::health`],
@@ -14,6 +16,8 @@
 //!   zstd), and refused when it is not text (a workbook, a PDF, an image).
 //! * [`lifecycle`]: one `POST /v1/uploads`: checks, replay lookup, record,
 //!   [`ingest`], finish.
+//! * [`part_headers`]: the bound on a multipart body's bytes before its
+//!   file's data.
 //! * [`options`]: the upload's query parameters and the media types taken as CSV.
 //! * [`idempotency`]: `Idempotency-Key` and `X-Content-SHA256` replays.
 //! * [`intake`]: bytes → decoded text → CSV records → numbered rows (no I/O).
@@ -43,7 +47,9 @@ pub mod intake;
 pub mod lease;
 pub mod lifecycle;
 pub mod options;
+pub mod part_headers;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod stream_gauges;

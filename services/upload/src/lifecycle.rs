@@ -22,7 +22,12 @@ use crate::idempotency::Idempotency;
 use crate::ingest::{Attempt, ingest};
 use crate::lease::Lease;
 use crate::options::{UploadParams, intake_options, is_csv_type};
+use crate::part_headers::PartHeaderBudget;
 use crate::state::AppState;
+
+/// The `Retry-After` of a 429 for too many uploads at once: about the time
+/// a small upload takes.
+const UPLOAD_RETRY_AFTER_SECS: u64 = 5;
 
 /// How an upload request ended, when it did not fail.
 pub enum Outcome {
@@ -55,6 +60,7 @@ pub async fn receive(
         return Err(not_csv_type(&content_type));
     }
     let declared = body::declared_compression(headers)?;
+    let idle = std::time::Duration::from_secs(state.config.body_idle_timeout_secs);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -68,6 +74,14 @@ pub async fn receive(
         });
     }
     let options = intake_options(&params, &state.config)?;
+    // Held until the upload's end: uploads at once are bounded per instance.
+    let Ok(_receiving) = state.uploads.clone().try_acquire_owned() else {
+        metrics::counter!("rowpipe_uploads_refused_total", "reason" => "too_many_uploads")
+            .increment(1);
+        return Err(ApiError::TooManyUploads {
+            retry_after_secs: UPLOAD_RETRY_AFTER_SECS,
+        });
+    };
 
     let idempotency = Idempotency::from_headers(headers, caller.tenant());
     let mut resumed = None;
@@ -108,22 +122,36 @@ pub async fn receive(
     let (report, mut attempt) = if multipart {
         // A compressed multipart body is decompressed whole; a compressed
         // part inside it is told by its magic bytes.
-        let request = match declared {
-            None => request,
+        // What comes before the file's data is bounded (part_headers).
+        let budget = PartHeaderBudget::new(state.config.max_part_header_bytes);
+        let (parts, raw) = request.into_parts();
+        let raw = raw.into_data_stream();
+        let raw = match declared {
+            None => axum::body::Body::from_stream(budget.wrap(raw)),
             Some(compression) => {
-                let (parts, raw) = request.into_parts();
-                let (decoded, _) = body::open_compressed(raw.into_data_stream(), compression);
-                Request::from_parts(parts, axum::body::Body::from_stream(decoded))
+                let (decoded, _) = body::open_compressed(raw, compression);
+                axum::body::Body::from_stream(budget.wrap(decoded))
             }
         };
+        let request = Request::from_parts(parts, raw);
         let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
         loop {
-            let field = multipart
-                .next_field()
-                .await
-                .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+            budget.arm();
+            let field = multipart.next_field().await.map_err(|e| {
+                if PartHeaderBudget::is_exceeded(&e) {
+                    ApiError::BadRequest(
+                        crate::part_headers::PartHeadersTooLong {
+                            limit: state.config.max_part_header_bytes,
+                        }
+                        .to_string(),
+                    )
+                } else {
+                    ApiError::BadRequest(format!("invalid multipart body: {e}"))
+                }
+            })?;
+            budget.disarm();
             let Some(field) = field else {
                 return Err(ApiError::BadRequest(
                     "the multipart body has no `file` field".into(),
@@ -141,13 +169,13 @@ pub async fn receive(
                 .file_name()
                 .map(str::to_string)
                 .or(params.filename.clone());
-            let (file, _) = body::open(field, None).await?;
+            let (file, _) = body::open(field, None, idle).await?;
             let mut attempt = begin_attempt(file_name).await?;
             let report = ingest(state, &mut attempt, options, file).await?;
             break (report, attempt);
         }
     } else {
-        let (file, _) = body::open(request.into_body().into_data_stream(), declared).await?;
+        let (file, _) = body::open(request.into_body().into_data_stream(), declared, idle).await?;
         let mut attempt = begin_attempt(params.filename.clone()).await?;
         (ingest(state, &mut attempt, options, file).await?, attempt)
     };

@@ -18,6 +18,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    limits: crate::serve::ConnectionLimits,
     /// `ROWPIPE_METRICS_LISTEN`: the probes and `/metrics` on a port of their own.
     metrics: Option<(TcpListener, Router)>,
     shutdown: Shutdown,
@@ -63,7 +64,13 @@ impl Application {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let limits = crate::serve::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+            max_connections: config.max_connections,
+        };
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads));
         let state = AppState {
+            uploads,
             config: Arc::new(config),
             store,
             redis,
@@ -96,6 +103,7 @@ impl Application {
             listener,
             router,
             port,
+            limits,
             metrics,
             shutdown,
             sweep,
@@ -117,7 +125,7 @@ impl Application {
     /// requested; then let in-flight uploads finish (or be interrupted,
     /// resumable, after the grace period) and return.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let mut shutdown = self.shutdown;
+        let shutdown = self.shutdown;
         let sweep = self.sweep;
         let gauges = tokio::spawn(crate::stream_gauges::run(
             sweep.redis.clone(),
@@ -151,9 +159,7 @@ impl Application {
             })
         });
         tracing::info!(port = self.port, "rowpipe-upload listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.requested().await })
-            .await?;
+        crate::serve::serve(self.listener, self.router, self.limits, shutdown).await?;
         sweeper.abort();
         gauges.abort();
         if let Some(server) = metrics_server {

@@ -26,4 +26,6 @@ pub struct AppState {
     /// start): a lease is this instance's, not a host's or a pod's, so a
     /// restarted process never mistakes a dead one's uploads for its own.
     pub instance_id: Arc<str>,
+    /// One permit per upload being received (`ROWPIPE_MAX_CONCURRENT_UPLOADS`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }

@@ -7,6 +7,7 @@ mod http;
 mod intake_corpus;
 mod no_leaks;
 mod resume;
+mod slow_clients;
 mod tenants;
 mod stream_gauges;
 mod unterminated_quote;
