@@ -72,10 +72,14 @@ pub struct Unverified {
 }
 
 /// The domain of an accepted row's uniqueness key (ASCII, lower case), the
-/// name the check looks up; `None` for a rejected row.
+/// name the check looks up; `None` for a rejected row, and for an IP
+/// literal (`ROWPIPE_ALLOW_IP_LITERAL`), which names its server itself.
 pub fn mail_domain(row: &JudgedRow) -> Option<&str> {
     match &row.verdict {
-        RowVerdict::Accept { email, .. } => email.rsplit_once('@').map(|(_, d)| d),
+        RowVerdict::Accept { email, .. } => email
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .filter(|d| !d.starts_with('[') && d.parse::<std::net::IpAddr>().is_err()),
         RowVerdict::Reject { .. } => None,
     }
 }
@@ -167,5 +171,7 @@ mod tests {
         assert!(matches!(row.verdict, RowVerdict::Accept { .. }));
         assert_eq!(row.unverified, Some(why));
         assert_eq!(mail_domain(&row), Some("example.org"));
+        assert_eq!(mail_domain(&accepted("jane@[192.0.2.1]")), None);
+        assert_eq!(mail_domain(&accepted("jane@192.0.2.1")), None);
     }
 }

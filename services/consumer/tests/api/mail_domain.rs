@@ -189,15 +189,16 @@ async fn the_pipeline_rejects_refused_domains_and_stores_unverified_ones(backend
                Jane,jane@gmial.com\n\
                Bob,bob@example.con\n\
                Ann Again,ANN@mx.test\n\
-               Bad,not-an-email\n";
+               Bad,not-an-email\n\
+               Kim,\"kim@gmail,com\"\n";
     let id = app.upload_ok(csv.as_bytes().to_vec()).await;
     let status = app.wait_completed(&id, Duration::from_secs(120)).await;
     let c = &status["counts"];
-    assert_eq!(c["read"], 11, "{status}");
+    assert_eq!(c["read"], 12, "{status}");
     // ann, bea, flo, gus stored; ANN@mx.test a duplicate.
     assert_eq!(c["inserted"], 4, "{status}");
     assert_eq!(c["duplicates"], 1, "{status}");
-    assert_eq!(c["rejected"], 6, "{status}");
+    assert_eq!(c["rejected"], 7, "{status}");
     assert_eq!(c["rejected_by_reason"]["no_mail_domain"], 5, "{status}");
     assert_eq!(c["unverified"], 2, "{status}");
 
@@ -229,6 +230,12 @@ async fn the_pipeline_rejects_refused_domains_and_stores_unverified_ones(backend
         row(3).ends_with(','),
         "no suggestion for nullmx.test: {}",
         row(3)
+    );
+    // Every reject gets a suggestion where one fits, not only DNS ones.
+    let kim = row(12);
+    assert!(
+        kim.starts_with("12,invalid_domain,") && kim.ends_with(",kim@gmail.com"),
+        "{kim}"
     );
 
     let unverified = app.get_text(&format!("/v1/uploads/{id}/unverified")).await;
