@@ -66,6 +66,18 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_MAX_BACKLOG", default_value_t = 200_000)]
     pub max_backlog: u64,
 
+    /// Bytes of the stream in Redis (estimated with `MEMORY USAGE`) above
+    /// which uploads wait for consumers; with `ROWPIPE_MAX_BACKLOG` it
+    /// bounds Redis memory whatever the size of the rows.
+    #[arg(long, env = "ROWPIPE_MAX_BACKLOG_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_backlog_bytes: u64,
+
+    /// Bytes of rows per XADD pipeline: a pipeline is written at
+    /// `ROWPIPE_ENQUEUE_BATCH` rows or at this many bytes, whichever comes
+    /// first, so an upload's buffers stay small with mebibyte rows.
+    #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH_BYTES", default_value_t = 1024 * 1024)]
+    pub enqueue_batch_bytes: usize,
+
     /// Rows per XADD pipeline.
     #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH", default_value_t = 500)]
     pub enqueue_batch: usize,
@@ -116,6 +128,12 @@ impl Config {
         rowpipe_core::store::Dialect::from_url(&self.database.database_url)?;
         if self.enqueue_batch == 0 {
             anyhow::bail!("ROWPIPE_ENQUEUE_BATCH must be at least 1");
+        }
+        if self.enqueue_batch_bytes == 0 || self.max_backlog_bytes < self.enqueue_batch_bytes as u64
+        {
+            anyhow::bail!(
+                "ROWPIPE_ENQUEUE_BATCH_BYTES must be at least 1 and ROWPIPE_MAX_BACKLOG_BYTES at least that"
+            );
         }
         if self.max_backlog < self.enqueue_batch as u64 {
             anyhow::bail!("ROWPIPE_MAX_BACKLOG must be at least ROWPIPE_ENQUEUE_BATCH");

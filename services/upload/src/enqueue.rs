@@ -13,11 +13,17 @@
 //! thousands of them. So a writer that finds the stream full first trims
 //! what every group has acknowledged itself (`XTRIM MINID`, never past an
 //! unacknowledged entry), and only waits for what is left.
+//!
+//! Entries are counted, and their bytes too (`ROWPIPE_MAX_BACKLOG_BYTES`,
+//! read with `MEMORY USAGE … SAMPLES`): rows may be up to a mebibyte, so a
+//! bound on entries alone does not bound memory. Both are measured before
+//! every pipeline, the first one included, so concurrent uploads overshoot
+//! the bounds by at most the one pipeline each is writing.
 
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use rowpipe_core::stream::{self, StreamEntry};
+use rowpipe_core::stream::{self, EntryBody, StreamEntry};
 use tracing::Instrument;
 
 /// Attempts per batch before the upload fails (about 20 s of Redis outage).
@@ -29,6 +35,24 @@ pub struct EnqueueConfig {
     pub stream: String,
     pub group: String,
     pub max_backlog: u64,
+    /// Bytes the stream may hold before writers wait.
+    pub max_backlog_bytes: u64,
+}
+
+/// Nodes `MEMORY USAGE` samples to estimate the stream's bytes: enough for
+/// a stable figure, few enough to stay a cheap call.
+const MEMORY_SAMPLES: u32 = 16;
+
+/// The stream's memory in Redis, estimated (0 when it does not exist).
+async fn stream_bytes(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<u64> {
+    let bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(stream)
+        .arg("SAMPLES")
+        .arg(MEMORY_SAMPLES)
+        .query_async(con)
+        .await?;
+    Ok(bytes.unwrap_or(0))
 }
 
 /// The ids Redis gave the first and the last entry of one pipeline.
@@ -64,9 +88,6 @@ impl redis::FromRedisValue for EntryIds {
 pub struct Enqueuer {
     con: ConnectionManager,
     config: EnqueueConfig,
-    /// Rows written since the backlog was last measured.
-    since_check: u64,
-    last_backlog: u64,
 }
 
 /// Why a batch could not be written.
@@ -80,43 +101,40 @@ pub enum EnqueueError {
 
 impl Enqueuer {
     pub fn new(con: ConnectionManager, config: EnqueueConfig) -> Self {
-        Self {
-            con,
-            config,
-            since_check: 0,
-            last_backlog: 0,
-        }
+        Self { con, config }
     }
 
-    /// Wait until the backlog leaves room for `incoming` more rows.
+    /// Wait until the backlog leaves room for `incoming` more rows of
+    /// `incoming_bytes`. Measured every time: concurrent writers do not see
+    /// each other's pipelines otherwise.
     async fn wait_for_room(
         &mut self,
         incoming: u64,
+        incoming_bytes: u64,
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
     ) -> Result<(), EnqueueError> {
-        // Measuring costs a round trip: none while we are far below the bound.
-        let estimate = self.last_backlog + self.since_check + incoming;
-        if estimate <= self.config.max_backlog / 2 && self.since_check < self.config.max_backlog / 4
-        {
-            return Ok(());
-        }
         let mut delay = Duration::from_millis(20);
         let mut waited = false;
         let started = Instant::now();
+        let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
         loop {
             let backlog =
                 stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
             let mut length = backlog.length;
-            if length + incoming > self.config.max_backlog && length > backlog.unacknowledged() {
+            let mut bytes = stream_bytes(&mut self.con, &self.config.stream).await?;
+            let full = length + incoming > max || bytes + incoming_bytes > max_bytes;
+            if full && length > backlog.unacknowledged() {
                 let trimmed = stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
                 if trimmed > 0 {
                     metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
+                    length = length.saturating_sub(trimmed);
+                    bytes = stream_bytes(&mut self.con, &self.config.stream).await?;
                 }
-                length = length.saturating_sub(trimmed);
             }
-            self.last_backlog = length;
-            self.since_check = 0;
-            if self.last_backlog + incoming <= self.config.max_backlog {
+            // An empty stream takes any one pipeline, however large its rows.
+            let room =
+                length == 0 || (length + incoming <= max && bytes + incoming_bytes <= max_bytes);
+            if room {
                 if waited {
                     metrics::histogram!("rowpipe_upload_backpressure_wait_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -127,8 +145,10 @@ impl Enqueuer {
                 waited = true;
                 metrics::counter!("rowpipe_upload_backpressure_waits_total").increment(1);
                 tracing::info!(
-                    backlog = self.last_backlog,
-                    max_backlog = self.config.max_backlog,
+                    backlog = length,
+                    backlog_bytes = bytes,
+                    max_backlog = max,
+                    max_backlog_bytes = max_bytes,
                     "stream holds more than the backlog bound; waiting for consumers"
                 );
             }
@@ -151,7 +171,9 @@ impl Enqueuer {
         if batch.is_empty() {
             return Ok(None);
         }
-        self.wait_for_room(batch.len() as u64, shutdown).await?;
+        let bytes: u64 = batch.iter().map(|e| entry_bytes(e) as u64).sum();
+        self.wait_for_room(batch.len() as u64, bytes, shutdown)
+            .await?;
         let first = batch.first().map(|e| e.row_number).unwrap_or(0);
         let last = batch.last().map(|e| e.row_number).unwrap_or(0);
         let span = tracing::info_span!(
@@ -183,7 +205,6 @@ impl Enqueuer {
                 .await;
             match result {
                 Ok(ids) => {
-                    self.since_check += batch.len() as u64;
                     metrics::counter!("rowpipe_upload_rows_enqueued_total")
                         .increment(batch.len() as u64);
                     return Ok(Some(ids));
@@ -201,4 +222,26 @@ impl Enqueuer {
             }
         }
     }
+}
+
+/// About how many bytes an entry takes on the wire and in the stream: its
+/// text, plus a little for the field names and numbers.
+pub fn entry_bytes(entry: &StreamEntry) -> usize {
+    const OVERHEAD: usize = 128;
+    OVERHEAD
+        + entry.upload_id.len()
+        + match &entry.body {
+            EntryBody::Row(fields) => {
+                fields.email.as_ref().map_or(0, String::len)
+                    + fields.name.as_ref().map_or(0, String::len)
+                    + fields
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 8)
+                        .sum::<usize>()
+            }
+            EntryBody::Rejected { rejection, raw } => {
+                rejection.message.len() + raw.iter().map(|f| f.len() + 8).sum::<usize>()
+            }
+        }
 }

@@ -117,6 +117,9 @@ where
     let mut intake = Intake::new(options);
     let mut rows: Vec<IntakeRow> = Vec::new();
     let mut batch: Vec<StreamEntry> = Vec::with_capacity(config.enqueue_batch);
+    // The batch's bytes: it is written at `enqueue_batch` rows or
+    // `enqueue_batch_bytes`, so its memory is bounded by bytes too.
+    let mut batch_bytes: usize = 0;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut shutdown = state.shutdown.clone();
@@ -179,8 +182,11 @@ where
             if accounted.is_some_and(|a| a.contains(row.row_number)) {
                 continue;
             }
-            batch.push(make_entry(row));
-            if batch.len() >= config.enqueue_batch {
+            let entry = make_entry(row);
+            batch_bytes += crate::enqueue::entry_bytes(&entry);
+            batch.push(entry);
+            if batch.len() >= config.enqueue_batch || batch_bytes >= config.enqueue_batch_bytes {
+                batch_bytes = 0;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(config.enqueue_batch));
                 if tx.send(full).await.is_err() {
                     writer_gone = true;

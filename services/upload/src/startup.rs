@@ -57,6 +57,7 @@ impl Application {
             stream: config.stream.stream.clone(),
             group: config.stream.group.clone(),
             max_backlog: config.max_backlog,
+            max_backlog_bytes: config.max_backlog_bytes,
         };
         let listener = TcpListener::bind(config.listen).await?;
         let port = listener.local_addr()?.port();

@@ -2,6 +2,7 @@
 //! HTTP API against real Redis and a real database, and interrupted uploads
 //! and their resumes.
 
+mod backlog_bytes;
 mod compressed_and_foreign;
 mod http;
 mod intake_corpus;
