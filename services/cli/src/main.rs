@@ -8,6 +8,10 @@
 //!   service's fault: an instance died, a connection dropped, a 5xx), the
 //!   CLI sends the file again under the same key, which resumes it.
 //! * `rowpipe status ID`, `rowpipe rejects ID`, `rowpipe list`.
+//! * `rowpipe dead-letters list|replay`: what the consumers gave up on, and
+//!   sending it through again ([`dead_letters`]).
+
+mod dead_letters;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,6 +97,10 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// What the consumers gave up on (the dead-letter stream): list it, or
+    /// replay it once the cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
 }
 
 #[tokio::main]
@@ -144,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rejects { api, id, output } => rejects(api, id, output).await,
+        Command::DeadLetters(command) => dead_letters::run(command).await,
         Command::List { api } => {
             let list = get_json(&api, "/v1/uploads").await?;
             println!(
@@ -171,6 +180,12 @@ async fn migrate(
     stream: StreamConfig,
     skip_stream: bool,
 ) -> anyhow::Result<()> {
+    // A migration may rewrite a large table: no statement timeout (the
+    // programs' sessions keep theirs).
+    let database = DatabaseConfig {
+        db_statement_timeout_ms: 0,
+        ..database
+    };
     let store = rowpipe_core::store::Store::connect(&database)
         .await
         .with_context(|| {

@@ -66,6 +66,55 @@ pub struct DatabaseConfig {
     /// Maximum connections in this process's database pool.
     #[arg(long, env = "ROWPIPE_DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
+
+    /// Milliseconds a statement may run, or wait for a lock, before the
+    /// database cancels it (PostgreSQL `statement_timeout` and
+    /// `lock_timeout`; MariaDB `max_statement_time`; MySQL/MariaDB
+    /// `innodb_lock_wait_timeout` and `lock_wait_timeout`, in whole seconds;
+    /// SQLite `busy_timeout`). A call that gets no answer at all is
+    /// abandoned after twice this plus 5 s. 0: no limit (`rowpipe migrate`
+    /// always runs without one).
+    #[arg(
+        long,
+        env = "ROWPIPE_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub db_statement_timeout_ms: u64,
+
+    /// Milliseconds to wait for a free connection from the pool (or a new
+    /// one to open) before the call fails as an outage.
+    #[arg(long, env = "ROWPIPE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// `url` with every other setting at its default.
+    pub fn for_url(url: &str) -> Self {
+        Self {
+            database_url: url.to_string(),
+            db_max_connections: 8,
+            db_statement_timeout_ms: 30_000,
+            db_acquire_timeout_ms: 10_000,
+        }
+    }
+
+    /// The statement timeout, if any.
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        (self.db_statement_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.db_statement_timeout_ms))
+    }
+
+    /// How long one call to the database may take in all before the caller
+    /// abandons it (see [`crate::store::Store::call`]): longer than the
+    /// server's own timeout, which should end it first, and than the wait
+    /// for a connection.
+    pub fn call_deadline(&self) -> Option<std::time::Duration> {
+        self.statement_timeout().map(|t| {
+            t * 2
+                + std::time::Duration::from_millis(self.db_acquire_timeout_ms)
+                + std::time::Duration::from_secs(5)
+        })
+    }
 }
 
 /// How long an upload being received is held by the instance reading it.

@@ -63,12 +63,17 @@ impl TestDb {
         }
     }
 
+    /// The database's name on its server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A [`Store`] on this database (a pool of 4), migrated: for tests that
     /// drive the store directly, without the upload service.
     pub async fn store(&self) -> Store {
         let store = Store::connect(&DatabaseConfig {
-            database_url: self.url.clone(),
             db_max_connections: 4,
+            ..DatabaseConfig::for_url(&self.url)
         })
         .await
         .expect("connect");

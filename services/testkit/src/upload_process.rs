@@ -3,12 +3,14 @@
 //! Tests about an upload instance dying (`kill -9` mid-body) need the
 //! service in a process of its own: killing the in-process one would take
 //! the test with it. Cargo names only a crate's own binaries to its tests
-//! (`CARGO_BIN_EXE_*`), so tests of other crates find `rowpipe-upload` by
-//! asking cargo to build it: a no-op when it is fresh, and the path cargo
-//! reports is the binary of this very workspace and profile.
+//! (`CARGO_BIN_EXE_*`), so tests of other crates find `rowpipe-upload` (and
+//! the `rowpipe` CLI, [`cli_binary`]) by asking cargo to build it: a no-op
+//! when it is fresh, and the path cargo reports is the binary of this very
+//! workspace and profile.
 
+use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,13 +33,31 @@ impl UploadProcess {
 
 /// The path of the `rowpipe-upload` binary, built if it is missing or stale.
 pub fn upload_binary() -> anyhow::Result<std::path::PathBuf> {
-    static PATH: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
-    PATH.get_or_init(|| build_upload_binary().map_err(|e| format!("{e:#}")))
+    workspace_binary("rowpipe-upload", "rowpipe-upload")
+}
+
+/// The path of the `rowpipe` CLI binary, built if it is missing or stale.
+pub fn cli_binary() -> anyhow::Result<std::path::PathBuf> {
+    workspace_binary("rowpipe-cli", "rowpipe")
+}
+
+/// The path of binary `bin` of workspace package `package`, built by cargo
+/// (once per test process) in the profile of the running test.
+fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Result<std::path::PathBuf, String>>>> =
+        OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a build of a workspace binary panicked"))?;
+    built
+        .entry(bin.to_string())
+        .or_insert_with(|| build_binary(package, bin).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn build_upload_binary() -> anyhow::Result<std::path::PathBuf> {
+fn build_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
     let release = std::env::current_exe()
         .map(|p| p.components().any(|c| c.as_os_str() == "release"))
         .unwrap_or(false);
@@ -45,9 +65,9 @@ fn build_upload_binary() -> anyhow::Result<std::path::PathBuf> {
     cmd.args([
         "build",
         "-p",
-        "rowpipe-upload",
+        package,
         "--bin",
-        "rowpipe-upload",
+        bin,
         "--message-format=json",
         "--quiet",
     ])
@@ -58,22 +78,22 @@ fn build_upload_binary() -> anyhow::Result<std::path::PathBuf> {
     }
     let output = cmd
         .output()
-        .context("running cargo build -p rowpipe-upload")?;
+        .with_context(|| format!("running cargo build -p {package}"))?;
     if !output.status.success() {
-        bail!("cargo build -p rowpipe-upload failed ({})", output.status);
+        bail!("cargo build -p {package} failed ({})", output.status);
     }
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "rowpipe-upload"
+            && message["target"]["name"] == bin
             && let Some(exe) = message["executable"].as_str()
         {
             return Ok(exe.into());
         }
     }
-    bail!("cargo build -p rowpipe-upload named no rowpipe-upload executable")
+    bail!("cargo build -p {package} named no {bin} executable")
 }
 
 /// A port free at the moment of asking (the process binds it right after).

@@ -10,10 +10,11 @@ use opentelemetry::trace::TraceContextExt;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::BatchOutcome;
 use rowpipe_core::stream::{RawEntry, StreamEntry};
-use rowpipe_core::verdict::{JudgedRow, judge};
+use rowpipe_core::verdict::judge;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::bisect::Pending;
 use super::{BatchReport, Worker, WorkerError};
 
 /// One entry as delivered.
@@ -44,40 +45,16 @@ impl Delivered {
 
 /// A batch sorted by [`Worker::sort`].
 struct Sorted {
-    /// `ids[i]` is the stream entry of `rows[i]`.
-    ids: Vec<String>,
-    rows: Vec<JudgedRow>,
-    /// Entries to give up on, and why.
-    poison: Vec<(Delivered, String)>,
+    /// Rows to store.
+    pending: Pending,
+    /// Decoded entries whose upload has no record, with their delivery
+    /// counts.
+    unknown_upload: Vec<(Delivered, usize)>,
+    /// Entries that cannot be decoded, and why.
+    undecodable: Vec<(Delivered, String)>,
 }
 
 impl Worker {
-    pub(super) fn upload_seq_of(&self, entry: &StreamEntry) -> Option<i64> {
-        entry
-            .upload_seq
-            .or_else(|| self.seq_cache.get(&entry.upload_id).copied())
-    }
-
-    async fn resolve_seqs(&mut self, delivered: &[Delivered]) {
-        for d in delivered {
-            if let Ok(e) = &d.entry
-                && e.upload_seq.is_none()
-                && !self.seq_cache.contains_key(&e.upload_id)
-            {
-                // Entries from other producers: use the upload's own sequence
-                // if it is known, else order them after every known upload.
-                let seq = self
-                    .store
-                    .upload_seq(&e.upload_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(i64::MAX / 2);
-                self.seq_cache.insert(e.upload_id.clone(), seq);
-            }
-        }
-    }
-
     pub(super) async fn process(
         &mut self,
         delivered: Vec<Delivered>,
@@ -88,7 +65,6 @@ impl Worker {
             entries: delivered.len(),
             ..Default::default()
         };
-        self.resolve_seqs(&delivered).await;
         // Fresh entries were delivered once; only reclaimed ones need counting.
         let deliveries = if reclaimed {
             self.group
@@ -118,39 +94,40 @@ impl Worker {
             span_id = tracing::field::Empty,
         );
         rowpipe_core::telemetry::record_trace_ids(&span);
-        let Sorted {
-            ids,
-            mut rows,
-            poison,
-        } = self.sort(delivered, &deliveries, &span);
-        // ROWPIPE_CHECK_MAIL_DOMAIN: the batch's domains, looked up per
-        // domain before the rows are stored (crate::mail_domain).
-        if let Some(check) = &self.mail_domains {
-            let redelivered = reclaimed.then_some(&self.store);
-            check.check(&mut rows, redelivered).await?;
-        }
-        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-            span.record("rowpipe.upload_id", first.upload_id.as_str());
-            span.record("rowpipe.row_number_start", first.row_number);
-            span.record("rowpipe.row_number_end", last.row_number);
-        }
 
-        let held: Vec<String> = ids
-            .iter()
-            .cloned()
-            .chain(poison.iter().map(|(d, _)| d.id.clone()))
-            .collect();
-        // A third of `claim_idle`: a renewal can fail or come late and the
-        // next one still lands before the batch is idle long enough to be
-        // taken over.
+        // The claim is held from the start: looking up the uploads may wait
+        // out a database outage as well as storing the rows. A third of
+        // `claim_idle`: a renewal can fail or come late and the next one
+        // still lands before the batch is idle long enough to be taken over.
+        let held: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
         let keep_claimed = self.group.keep_claimed(held, self.config.claim_idle() / 3);
         let work = async {
+            if !self.resolve_seqs(&delivered, shutdown).await? {
+                // Shutting down with the database away: leave it all pending.
+                report.left_pending += delivered.len();
+                return Ok(());
+            }
+            let Sorted {
+                pending,
+                unknown_upload,
+                undecodable,
+            } = self.sort(delivered, &deliveries, &span);
+            if let (Some(first), Some(last)) = (pending.rows.first(), pending.rows.last()) {
+                span.record("rowpipe.upload_id", first.upload_id.as_str());
+                span.record("rowpipe.row_number_start", first.row_number);
+                span.record("rowpipe.row_number_end", last.row_number);
+            }
             let result = self
-                .store_rows(ids, rows, shutdown, &mut report)
+                .store_rows(pending, shutdown, &mut report)
                 .instrument(span.clone())
                 .await;
-            for (d, why) in poison {
-                self.dead_letter(d, &why, &mut report)
+            for (d, why) in undecodable {
+                self.dead_letter_undecodable(d, &why, &mut report)
+                    .instrument(span.clone())
+                    .await?;
+            }
+            for (d, times) in unknown_upload {
+                self.unknown_upload(d, times, &mut report)
                     .instrument(span.clone())
                     .await?;
             }
@@ -163,9 +140,10 @@ impl Worker {
         Ok(report)
     }
 
-    /// Judge the entries still worth trying, in delivery order; set aside
-    /// those delivered too often or undecodable. Links the batch's span to
-    /// each producer batch it holds entries of.
+    /// Judge the entries in delivery order, each with its upload's
+    /// sequence; set aside those whose upload has no record and those that
+    /// cannot be decoded. Links the batch's span to each producer batch it
+    /// holds entries of.
     fn sort(
         &self,
         delivered: Vec<Delivered>,
@@ -174,51 +152,53 @@ impl Worker {
     ) -> Sorted {
         let policy = self.config.policy();
         let mut linked: HashSet<String> = HashSet::new();
-        let mut ids: Vec<String> = Vec::with_capacity(delivered.len());
-        let mut rows: Vec<JudgedRow> = Vec::with_capacity(delivered.len());
-        let mut poison: Vec<(Delivered, String)> = Vec::new();
+        let mut pending = Pending::default();
+        let mut unknown_upload: Vec<(Delivered, usize)> = Vec::new();
+        let mut undecodable: Vec<(Delivered, String)> = Vec::new();
         for d in delivered {
             let times = deliveries.get(&d.id).copied().unwrap_or(1);
-            match d.entry {
-                Ok(entry) if times <= self.config.max_deliveries => {
-                    // One link per producer batch: its entries share a traceparent.
-                    if let Some(tp) = entry.trace.iter().find(|(k, _)| k == "traceparent")
-                        && !linked.contains(&tp.1)
-                        && linked.insert(tp.1.clone())
-                    {
-                        let cx = rowpipe_core::telemetry::extract(&entry.trace);
-                        let sc = cx.span().span_context().clone();
-                        if sc.is_valid() {
-                            span.add_link_with_attributes(
-                                sc,
-                                vec![
-                                    KeyValue::new("messaging.message.id", d.id.clone()),
-                                    KeyValue::new("rowpipe.upload_id", entry.upload_id.clone()),
-                                ],
-                            );
-                        }
-                    }
-                    let seq = self.upload_seq_of(&entry).unwrap_or(i64::MAX / 2);
-                    ids.push(d.id);
-                    rows.push(judge(entry, seq, policy));
-                }
-                Ok(entry) => {
-                    let why = format!("delivered {times} times without success");
-                    poison.push((
-                        Delivered {
-                            entry: Ok(entry),
-                            ..d
-                        },
-                        why,
-                    ));
-                }
+            let entry = match d.entry {
+                Ok(entry) => entry,
                 Err(e) => {
                     let why = format!("undecodable entry: {e}");
-                    poison.push((Delivered { entry: Err(e), ..d }, why));
+                    undecodable.push((Delivered { entry: Err(e), ..d }, why));
+                    continue;
+                }
+            };
+            let Some(seq) = self.upload_seq_of(&entry.upload_id) else {
+                unknown_upload.push((
+                    Delivered {
+                        entry: Ok(entry),
+                        ..d
+                    },
+                    times,
+                ));
+                continue;
+            };
+            // One link per producer batch: its entries share a traceparent.
+            if let Some(tp) = entry.trace.iter().find(|(k, _)| k == "traceparent")
+                && !linked.contains(&tp.1)
+                && linked.insert(tp.1.clone())
+            {
+                let cx = rowpipe_core::telemetry::extract(&entry.trace);
+                let sc = cx.span().span_context().clone();
+                if sc.is_valid() {
+                    span.add_link_with_attributes(
+                        sc,
+                        vec![
+                            KeyValue::new("messaging.message.id", d.id.clone()),
+                            KeyValue::new("rowpipe.upload_id", entry.upload_id.clone()),
+                        ],
+                    );
                 }
             }
+            pending.push(d.id, judge(entry, seq, policy), times);
         }
-        Sorted { ids, rows, poison }
+        Sorted {
+            pending,
+            unknown_upload,
+            undecodable,
+        }
     }
 
     /// Metrics for a committed batch, and the completion check of every
@@ -245,7 +225,8 @@ impl Worker {
                 Ok(true) => report.completed_uploads.push(upload.clone()),
                 Ok(false) => {}
                 Err(e) => {
-                    metrics::counter!("rowpipe_db_errors_total").increment(1);
+                    let fault = super::outage::fault_label(e.fault());
+                    metrics::counter!("rowpipe_db_errors_total", "fault" => fault).increment(1);
                     tracing::warn!(upload_id = %upload, error = %e, "could not check upload completion; the sweep will")
                 }
             }

@@ -28,6 +28,16 @@ pub enum Dependency {
     Database,
 }
 
+impl Dependency {
+    /// The `dependency` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dependency::Redis => "redis",
+            Dependency::Database => "database",
+        }
+    }
+}
+
 impl WorkerError {
     /// Redis said the stream or the group does not exist (`NOGROUP`): the
     /// queue was lost (a Redis restarted empty, a failover, a `FLUSHALL`)

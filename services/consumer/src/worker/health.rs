@@ -4,7 +4,10 @@
 //! flag of the dependency that failed it ([`Health::blame`]) and sets it
 //! again once that dependency answers, so `/readyz` says which one is away.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use rowpipe_core::store::StoreError;
 
 use super::error::{Dependency, WorkerError};
 
@@ -13,6 +16,9 @@ use super::error::{Dependency, WorkerError};
 pub struct Health {
     pub redis_ok: AtomicBool,
     pub db_ok: AtomicBool,
+    /// The code of the error that last marked the database not ready
+    /// (`42501`, `call_timed_out`, …), for `/readyz`.
+    db_error: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -20,6 +26,7 @@ impl Default for Health {
         Self {
             redis_ok: AtomicBool::new(true),
             db_ok: AtomicBool::new(true),
+            db_error: Mutex::new(None),
         }
     }
 }
@@ -30,8 +37,26 @@ impl Health {
     }
 
     pub(crate) fn set_db(&self, ok: bool) {
-        self.db_ok.store(ok, Ordering::Relaxed);
-        self.publish();
+        // Most calls find it as it was: no store, no gauge update.
+        if self.db_ok.swap(ok, Ordering::Relaxed) != ok {
+            self.publish();
+        }
+    }
+
+    /// The database has been away for a while: not ready, and why.
+    pub(crate) fn database_down(&self, error: &StoreError) {
+        if let Ok(mut last) = self.db_error.lock() {
+            *last = Some(error.code());
+        }
+        self.set_db(false);
+    }
+
+    /// What `database_down` last recorded, while the database is not ready.
+    pub fn database_error(&self) -> Option<String> {
+        if self.db_ok.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.db_error.lock().ok().and_then(|e| e.clone())
     }
 
     pub(crate) fn set_redis(&self, ok: bool) {
@@ -49,8 +74,11 @@ impl Health {
                 self.set_redis(false);
             }
             Dependency::Database => {
-                metrics::counter!("rowpipe_db_errors_total").increment(1);
-                self.set_db(false);
+                if let WorkerError::Database(e) = error {
+                    metrics::counter!("rowpipe_db_errors_total", "fault" => super::outage::fault_label(e.fault()))
+                        .increment(1);
+                    self.database_down(e);
+                }
             }
         }
     }

@@ -2,19 +2,26 @@
 //! transaction, acknowledge it.
 //!
 //! Delivery is at-least-once (`XACK` only after the commit) and the effect is
-//! exactly-once (the store passes over rows it already recorded). Failures are
-//! sorted into three kinds:
+//! exactly-once (the store passes over rows it already recorded). What goes
+//! wrong is sorted by cause, not by error code list:
 //!
-//! * the database is unreachable or a transaction lost a deadlock: retry the
-//!   same batch with exponential backoff and jitter, acknowledge nothing,
-//!   report not-ready;
-//! * the batch fails for a data reason: retry its rows one at a time so a
-//!   single bad entry cannot block the others;
-//! * an entry keeps failing (or cannot be decoded at all): after
-//!   `max_deliveries` it goes to the dead-letter stream and the reject ledger
-//!   (`processing_failed`), and is acknowledged; unless an earlier delivery
-//!   stored it after all (its consumer died before `XACK`), then it is only
-//!   acknowledged.
+//! * the database as a whole fails (away, read-only, refusing this client,
+//!   out of resources, timed out, a lost deadlock, a missing table): the
+//!   batch is kept and the call tried again with backoff and jitter, the
+//!   claim on the batch held, nothing acknowledged, no delivery counted,
+//!   not-ready reported after two seconds ([`outage`]);
+//! * the database refuses some rows (a constraint, a value): the batch is
+//!   split in halves until each refused row stands alone, the others stored
+//!   on the way ([`bisect`]); a row refused alone is left for a later
+//!   delivery, and after `max_deliveries` goes to the reject ledger
+//!   (`processing_failed`, with the database's error) and the dead-letter
+//!   stream, unless an earlier delivery stored it after all (its consumer
+//!   died before `XACK`), then it is only acknowledged;
+//! * an entry whose upload has no record waits the same number of
+//!   deliveries, then is dead-lettered (`unknown_upload`): a row's upload
+//!   sequence, which decides duplicates, comes only from the upload's
+//!   record ([`upload_seq`]); an entry that cannot be decoded is
+//!   dead-lettered at once ([`failed`]).
 //!
 //! Entries pending on a consumer longer than `claim_idle` are taken over by
 //! another one (`XAUTOCLAIM`, one worker per process at a time: see
@@ -22,6 +29,9 @@
 //! consumer's slow batch (lock waits, a database outage being waited out) is
 //! not taken over, stored twice and counted as delivered again each time,
 //! the worker renews its claim on the batch in hand while it works on it.
+//! Every database call has a deadline (`ROWPIPE_DB_STATEMENT_TIMEOUT_MS`),
+//! so a call that hangs ends as an outage; a worker stuck in a way no
+//! deadline ends stops renewing with it, and the others take over.
 //!
 //! What is said to Redis is [`rowpipe_core::stream::ConsumerGroup`]'s; this
 //! module decides when. Its parts:
@@ -29,7 +39,9 @@
 //! * this file: the loop, reading a batch and reclaim turns;
 //! * [`batch`]: one batch from delivery to report (judging, tracing,
 //!   holding the claim, what a commit leads to);
-//! * [`retry`]: storing rows with the retry rules, and acknowledging;
+//! * [`upload_seq`]: each upload's sequence, from its record;
+//! * [`bisect`]: storing the rows, splitting a batch the database refuses;
+//! * [`outage`]: waiting out an outage of the database, and acknowledging;
 //! * [`failed`]: entries given up on (the reject ledger, the dead-letter
 //!   stream);
 //! * [`error`] and [`health`]: which dependency a failure is blamed on.
@@ -37,10 +49,12 @@
 //! Tests drive a worker one batch at a time with [`Worker::run_once`].
 
 mod batch;
+mod bisect;
 mod error;
 mod failed;
 mod health;
-mod retry;
+mod outage;
+mod upload_seq;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +82,10 @@ pub struct BatchReport {
     pub dead_lettered: usize,
     /// Entries left pending (to be retried or reclaimed).
     pub left_pending: usize,
+    /// Transactions tried to store the batch's rows: 1 when the database
+    /// took them at once; more when it refused some and the batch was
+    /// split (see `bisect`).
+    pub store_attempts: usize,
     pub completed_uploads: Vec<String>,
 }
 
@@ -79,9 +97,6 @@ pub struct Worker {
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
     reclaim_turns: Arc<ReclaimTurns>,
-    /// The deliverability check, shared by the process's workers; `None`
-    /// when `ROWPIPE_CHECK_MAIL_DOMAIN=off`.
-    mail_domains: Option<Arc<crate::mail_domain::MailDomains>>,
 }
 
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -114,18 +129,7 @@ impl Worker {
             health,
             seq_cache: HashMap::new(),
             reclaim_turns,
-            mail_domains: None,
         })
-    }
-
-    /// Check the domains of this worker's batches with `check` (see
-    /// [`crate::mail_domain`]).
-    pub fn with_mail_domains(
-        mut self,
-        check: Option<Arc<crate::mail_domain::MailDomains>>,
-    ) -> Self {
-        self.mail_domains = check;
-        self
     }
 
     pub fn name(&self) -> &str {
@@ -247,11 +251,14 @@ impl Worker {
                     self.health.blame(&e);
                     database_blamed |= e.dependency() == Dependency::Database;
                     tracing::warn!(error = %e, dependency = ?e.dependency(), retry_in_ms = delay.as_millis() as u64, "consumer loop error");
+                    let started = Instant::now();
                     let mut s = shutdown.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {},
                         _ = s.requested() => {},
                     }
+                    metrics::histogram!("rowpipe_consumer_outage_wait_seconds", "dependency" => e.dependency().label())
+                        .record(started.elapsed().as_secs_f64());
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }

@@ -215,7 +215,7 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
 rowpipe_testkit::on_databases!(sigterm_drains_and_exits_zero_within_the_grace_period: Postgres, Sqlite);
 
 /// Entries in the app's dead-letter stream.
-async fn dead_letters(app: &TestApp) -> u64 {
+pub(crate) async fn dead_letters(app: &TestApp) -> u64 {
     let mut con = app.redis.clone();
     redis::cmd("XLEN")
         .arg(format!("{}:dead", app.stream))
@@ -225,7 +225,7 @@ async fn dead_letters(app: &TestApp) -> u64 {
 }
 
 /// A trigger that makes the insert of one email fail, in each dialect.
-fn poison_trigger(backend: Backend) -> Vec<&'static str> {
+pub(crate) fn poison_trigger(backend: Backend) -> Vec<&'static str> {
     match backend {
         Backend::Postgres => vec![
             "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
@@ -562,7 +562,6 @@ async fn store_as_a_consumer_that_dies(app: &TestApp, id: &str, died: DiedAfter)
         .iter()
         .map(|e| {
             let entry = StreamEntry::from_map(&e.map).expect("an entry the upload wrote");
-            let seq = entry.upload_seq.unwrap_or(seq);
             judge(entry, seq, EmailPolicy::default())
         })
         .collect();

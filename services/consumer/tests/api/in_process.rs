@@ -16,11 +16,13 @@ use rowpipe_consumer::config::Config;
 use rowpipe_consumer::reclaim::ReclaimTurns;
 use rowpipe_consumer::worker::{BatchReport, Health, Worker, WorkerError};
 use rowpipe_core::shutdown::{self, Shutdown, ShutdownTrigger};
+use rowpipe_core::store::Store;
 use rowpipe_testkit::TestApp;
 
 /// One member of a [`TestApp`]'s consumer group.
 pub struct InProcessWorker {
     worker: Worker,
+    health: Arc<Health>,
     shutdown: Shutdown,
     /// Held, never fired: a dropped trigger reads as a shutdown request.
     _trigger: ShutdownTrigger,
@@ -47,12 +49,18 @@ impl InProcessWorker {
         // As in a consumer process: the first turn to take over entries
         // other consumers left pending is one interval after start.
         let reclaim_turns = Arc::new(ReclaimTurns::new(config.reclaim_interval()));
+        // Its own pool, from its own settings (statement timeouts and all),
+        // as a consumer process has.
+        let store = Store::connect(&config.database)
+            .await
+            .expect("the worker's store connects");
+        let health = Arc::new(Health::default());
         let worker = Worker::new(
             "in-process".into(),
             Arc::new(config),
-            app.store.clone(),
+            store,
             app.redis.clone(),
-            Arc::new(Health::default()),
+            health.clone(),
             reclaim_turns,
         )
         .await
@@ -60,9 +68,15 @@ impl InProcessWorker {
         let (trigger, shutdown) = shutdown::channel();
         Self {
             worker,
+            health,
             shutdown,
             _trigger: trigger,
         }
+    }
+
+    /// What the worker reports to readiness.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// One turn of the worker ([`Worker::run_once`]), its result as it came.

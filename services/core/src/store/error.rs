@@ -1,8 +1,6 @@
-//! Errors at the database boundary, and which of them are worth retrying.
-//!
-//! Whether an error is transient is decided from the database's own error
-//! codes, never from its message text, which varies across versions and
-//! locales.
+//! Errors at the database boundary, and what each is about: the database
+//! as a whole (an outage to wait out) or the rows of the statement
+//! ([`Fault`]).
 
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
@@ -27,65 +25,293 @@ pub enum StoreError {
     ConcurrentDelivery(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A call to the database did not end within its deadline (the
+    /// connection hung: a network path that drops packets, a server that
+    /// stopped answering). The call was abandoned, its connection dropped.
+    #[error("the database did not answer within {0:?}")]
+    CallTimedOut(std::time::Duration),
 }
 
 impl StoreError {
-    /// True for errors that say nothing about the data: the database is
-    /// unreachable, overloaded, or a transaction lost a deadlock. Retrying the
-    /// same work later is the right answer.
-    pub fn is_transient(&self) -> bool {
+    /// What the error is about: the database as a whole, or the rows of
+    /// the statement (see [`Fault`]).
+    pub fn fault(&self) -> Fault {
         match self {
-            StoreError::Sqlx(e) => is_transient_sqlx(e),
-            _ => false,
+            StoreError::Sqlx(e) => fault_of_sqlx(e),
+            // A copy of the batch is being stored by another consumer right
+            // now: trying again finds its trace.
+            StoreError::ConcurrentDelivery(_) => Fault::Outage,
+            StoreError::SchemaNotReady { .. } | StoreError::Migrate(_) => Fault::Outage,
+            StoreError::UnsupportedUrl(_) => Fault::Outage,
+            StoreError::CallTimedOut(_) => Fault::Outage,
+        }
+    }
+
+    /// An outage after which the pool's connections should not be used
+    /// again: every outage but waits on other transactions (lock timeouts,
+    /// deadlocks, a busy SQLite file), where the session is fine and only
+    /// had to wait.
+    pub fn calls_for_new_sessions(&self) -> bool {
+        if self.fault() != Fault::Outage {
+            return false;
+        }
+        let StoreError::Sqlx(sqlx::Error::Database(db)) = self else {
+            return !matches!(self, StoreError::ConcurrentDelivery(_));
+        };
+        if let Some(e) = db.try_downcast_ref::<MySqlDatabaseError>() {
+            use mysql_errors::*;
+            return !matches!(
+                e.number(),
+                ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK | ER_STATEMENT_TIMEOUT | ER_QUERY_TIMEOUT
+            );
+        }
+        if db.try_downcast_ref::<SqliteError>().is_some() {
+            let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
+            return !matches!(code & 0xff, sqlite_codes::BUSY | sqlite_codes::LOCKED);
+        }
+        let code = db.code();
+        let code = code.as_deref().unwrap_or("");
+        // Transaction rollback (deadlock, serialization), lock timeout,
+        // statement timeout.
+        !(code.starts_with("40") || code == "55P03" || code == "57014")
+    }
+
+    /// True for errors that say nothing about the data: the database is
+    /// unreachable, refuses this client, is read-only, out of resources,
+    /// timed out, or a transaction lost a deadlock. Retrying the same work
+    /// later is the right answer.
+    pub fn is_transient(&self) -> bool {
+        self.fault() == Fault::Outage
+    }
+
+    /// A short, stable name for the error's kind, for metrics and logs:
+    /// the SQLSTATE or error number where the database gave one.
+    pub fn code(&self) -> String {
+        match self {
+            // MySQL's error number says more than its SQLSTATE (`HY000`).
+            StoreError::Sqlx(sqlx::Error::Database(db)) => {
+                match db.try_downcast_ref::<MySqlDatabaseError>() {
+                    Some(e) => e.number().to_string(),
+                    None => db
+                        .code()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_else(|| "database".into()),
+                }
+            }
+            StoreError::Sqlx(sqlx::Error::Io(_)) => "io".into(),
+            StoreError::Sqlx(sqlx::Error::PoolTimedOut) => "pool_timed_out".into(),
+            StoreError::CallTimedOut(_) => "call_timed_out".into(),
+            StoreError::ConcurrentDelivery(_) => "concurrent_delivery".into(),
+            StoreError::Sqlx(_) => "client".into(),
+            StoreError::SchemaNotReady { .. } | StoreError::Migrate(_) => "schema".into(),
+            StoreError::UnsupportedUrl(_) => "config".into(),
         }
     }
 }
 
-/// See [`StoreError::is_transient`].
-pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+/// What a database error is about, which decides what the consumer does
+/// with the rows of the statement that met it.
+///
+/// Decided by cause, from each dialect's error classes (PostgreSQL's
+/// SQLSTATE classes, MySQL's SQLSTATE and error numbers, SQLite's primary
+/// result codes), never from message text, which varies across versions
+/// and locales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// About the database, the connection or the statement as a whole:
+    /// connection, authentication, authorization, read-only, resources,
+    /// timeouts, lock waits and deadlocks, missing objects, shutdown. The
+    /// rows are not at fault: wait it out and try again.
+    Outage,
+    /// About a value or a constraint: the database refuses some row of
+    /// the statement. Isolating the row says which.
+    Row,
+    /// The database did not say which. A row is blamed only when rows
+    /// beside it were stored by the same database meanwhile.
+    Unknown,
+}
+
+/// See [`StoreError::fault`].
+pub fn fault_of_sqlx(e: &sqlx::Error) -> Fault {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => is_transient_database_error(db.as_ref()),
-        _ => false,
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::BeginFailed
+        | sqlx::Error::InvalidSavePointStatement => Fault::Outage,
+        // The statement's result does not fit this build: the schema moved
+        // under the program (a migration, a renamed column).
+        sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::TypeNotFound { .. } => Fault::Outage,
+        sqlx::Error::Database(db) => fault_of_database_error(db.as_ref()),
+        _ => Fault::Unknown,
     }
 }
 
-/// MySQL/MariaDB error numbers: `innodb_lock_wait_timeout` ran out; the
-/// transaction was chosen as a deadlock's victim (SQLSTATE 40001).
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
-const ER_LOCK_DEADLOCK: u16 = 1213;
+/// See [`StoreError::is_transient`].
+pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    fault_of_sqlx(e) == Fault::Outage
+}
 
-/// SQLite result codes: the database file is locked by another connection
-/// (`SQLITE_BUSY`, with its extended codes such as `SQLITE_BUSY_SNAPSHOT`,
-/// 517, in the higher bits); a table is locked within this connection's
-/// shared cache (`SQLITE_LOCKED`, `SQLITE_LOCKED_SHAREDCACHE`).
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_LOCKED_SHAREDCACHE: i32 = 262;
-
-fn is_transient_database_error(db: &dyn DatabaseError) -> bool {
+fn fault_of_database_error(db: &dyn DatabaseError) -> Fault {
     if let Some(e) = db.try_downcast_ref::<MySqlDatabaseError>() {
-        // MySQL's SQLSTATE is too coarse (a lock wait timeout is the
-        // catch-all HY000); its error number says what happened.
-        return matches!(e.number(), ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK);
+        return mysql_fault(e.number(), e.code());
     }
     if db.try_downcast_ref::<SqliteError>().is_some() {
         // The extended result code, as a number.
         let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
-        return code & 0xff == SQLITE_BUSY
-            || matches!(code, SQLITE_LOCKED | SQLITE_LOCKED_SHAREDCACHE);
+        return sqlite_fault(code);
     }
-    // PostgreSQL's SQLSTATE: serialization failure, deadlock, admin
-    // shutdown, crash shutdown, cannot connect now, too many connections.
-    matches!(
-        db.code().as_deref(),
-        Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300")
-    )
+    postgres_fault(db.code().as_deref().unwrap_or(""))
+}
+
+/// PostgreSQL, by SQLSTATE class (the first two characters; appendix A of
+/// its manual).
+fn postgres_fault(sqlstate: &str) -> Fault {
+    match sqlstate.get(..2).unwrap_or("") {
+        // Data exception, integrity constraint violation, cardinality,
+        // triggered data change, an exception raised by a trigger or a
+        // function (PL/pgSQL `RAISE`, external routines), and program limits
+        // (54000: an index row too large for its value).
+        "22" | "23" | "21" | "27" | "P0" | "38" | "39" | "54" => Fault::Row,
+        // Connection exception, invalid authorization, invalid transaction
+        // state (25006: read-only transaction), insufficient resources (disk
+        // full, out of memory, too many connections), object not in
+        // prerequisite state (55P03: lock timeout), operator intervention
+        // (57014: statement timeout; shutdowns), system error, transaction
+        // rollback (serialization failure, deadlock), syntax or access rule
+        // (42501: permission denied; 42P01: undefined table), invalid
+        // catalog or schema name, feature not supported, internal error,
+        // configuration file error.
+        "08" | "28" | "25" | "53" | "55" | "57" | "58" | "40" | "42" | "3D" | "3F" | "0A"
+        | "XX" | "F0" | "2D" | "26" | "0L" | "0P" | "HV" => Fault::Outage,
+        _ => Fault::Unknown,
+    }
+}
+
+/// MySQL/MariaDB error numbers that SQLSTATE alone does not classify (a
+/// lock wait timeout, a read-only server and a rejected string value all
+/// share the catch-all `HY000`).
+mod mysql_errors {
+    /// The server runs with `--read-only` / `--super-read-only`.
+    pub const ER_OPTION_PREVENTS_STATEMENT: u16 = 1290;
+    pub const ER_READ_ONLY_MODE: u16 = 1836;
+    pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const ER_LOCK_DEADLOCK: u16 = 1213;
+    /// A disk or a table is full; the server ran out of memory.
+    pub const ER_DISK_FULL: u16 = 1021;
+    pub const ER_RECORD_FILE_FULL: u16 = 1114;
+    pub const ER_OUTOFMEMORY: u16 = 1037;
+    pub const ER_OUT_OF_SORTMEMORY: u16 = 1038;
+    pub const ER_OUT_OF_RESOURCES: u16 = 1041;
+    /// Shutdown in progress; the connection was killed; a query
+    /// interrupted; MariaDB's `max_statement_time` and MySQL's
+    /// `max_execution_time` exceeded; disconnected for inactivity.
+    pub const ER_SERVER_SHUTDOWN: u16 = 1053;
+    pub const ER_QUERY_INTERRUPTED: u16 = 1317;
+    pub const ER_CONNECTION_KILLED: u16 = 1927;
+    pub const ER_STATEMENT_TIMEOUT: u16 = 1969;
+    pub const ER_QUERY_TIMEOUT: u16 = 3024;
+    pub const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
+    /// A commit or rollback failed; too many connections.
+    pub const ER_ERROR_DURING_COMMIT: u16 = 1180;
+    pub const ER_ERROR_DURING_ROLLBACK: u16 = 1181;
+    pub const ER_CON_COUNT_ERROR: u16 = 1040;
+    /// A value the column refuses: a string not valid in its character
+    /// set, a value out of range, a CHECK constraint (MySQL, MariaDB), a
+    /// trigger's `SIGNAL`.
+    pub const ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: u16 = 1366;
+    pub const ER_WARN_DATA_OUT_OF_RANGE: u16 = 1264;
+    pub const ER_CHECK_CONSTRAINT_VIOLATED: u16 = 3819;
+    pub const ER_CONSTRAINT_FAILED: u16 = 4025;
+    pub const ER_SIGNAL_EXCEPTION: u16 = 1644;
+}
+
+/// MySQL/MariaDB: the error number first, then the SQLSTATE class.
+fn mysql_fault(number: u16, sqlstate: Option<&str>) -> Fault {
+    use mysql_errors::*;
+    match number {
+        ER_OPTION_PREVENTS_STATEMENT
+        | ER_READ_ONLY_MODE
+        | ER_LOCK_WAIT_TIMEOUT
+        | ER_LOCK_DEADLOCK
+        | ER_DISK_FULL
+        | ER_RECORD_FILE_FULL
+        | ER_OUTOFMEMORY
+        | ER_OUT_OF_SORTMEMORY
+        | ER_OUT_OF_RESOURCES
+        | ER_SERVER_SHUTDOWN
+        | ER_QUERY_INTERRUPTED
+        | ER_CONNECTION_KILLED
+        | ER_STATEMENT_TIMEOUT
+        | ER_QUERY_TIMEOUT
+        | ER_CLIENT_INTERACTION_TIMEOUT
+        | ER_ERROR_DURING_COMMIT
+        | ER_ERROR_DURING_ROLLBACK
+        | ER_CON_COUNT_ERROR => return Fault::Outage,
+        ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+        | ER_WARN_DATA_OUT_OF_RANGE
+        | ER_CHECK_CONSTRAINT_VIOLATED
+        | ER_CONSTRAINT_FAILED
+        | ER_SIGNAL_EXCEPTION => return Fault::Row,
+        _ => {}
+    }
+    match sqlstate.and_then(|s| s.get(..2)).unwrap_or("") {
+        // Data exception, integrity constraint violation, a trigger's
+        // `SIGNAL SQLSTATE '45000'` (the class for user-defined errors).
+        "22" | "23" | "45" => Fault::Row,
+        // Connection, access denied (28000; 42000 holds `INSERT command
+        // denied` 1142 and the syntax errors, which are about the
+        // statement), read-only transaction (25006), missing table or
+        // column (42S02, 42S22), unknown database, deadlock, interrupted.
+        "08" | "28" | "42" | "25" | "3D" | "40" | "70" => Fault::Outage,
+        // `HY000` (the catch-all) among them, for numbers not listed above.
+        _ => Fault::Unknown,
+    }
+}
+
+/// SQLite primary result codes (the low byte of the extended code).
+mod sqlite_codes {
+    pub const PERM: i32 = 3;
+    pub const ABORT: i32 = 4;
+    pub const BUSY: i32 = 5;
+    pub const LOCKED: i32 = 6;
+    pub const NOMEM: i32 = 7;
+    pub const READONLY: i32 = 8;
+    pub const INTERRUPT: i32 = 9;
+    pub const IOERR: i32 = 10;
+    pub const CORRUPT: i32 = 11;
+    pub const FULL: i32 = 13;
+    pub const CANTOPEN: i32 = 14;
+    pub const PROTOCOL: i32 = 15;
+    pub const SCHEMA: i32 = 17;
+    pub const TOOBIG: i32 = 18;
+    /// Constraints, a trigger's `RAISE(ABORT, …)` included
+    /// (`SQLITE_CONSTRAINT_TRIGGER`).
+    pub const CONSTRAINT: i32 = 19;
+    pub const MISMATCH: i32 = 20;
+    pub const AUTH: i32 = 23;
+    pub const RANGE: i32 = 25;
+    pub const NOTADB: i32 = 26;
+}
+
+/// SQLite: `SQLITE_ERROR` is both "no such table" and a function's error,
+/// so it says nothing of its own ([`Fault::Unknown`]).
+fn sqlite_fault(extended: i32) -> Fault {
+    use sqlite_codes::*;
+    match extended & 0xff {
+        CONSTRAINT | MISMATCH | TOOBIG | RANGE => Fault::Row,
+        PERM | ABORT | BUSY | LOCKED | NOMEM | READONLY | INTERRUPT | IOERR | CORRUPT | FULL
+        | CANTOPEN | PROTOCOL | SCHEMA | AUTH | NOTADB => Fault::Outage,
+        // SQLITE_ERROR (1) among them.
+        _ => Fault::Unknown,
+    }
 }
 
 #[cfg(test)]
@@ -115,8 +341,58 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!is_transient_sqlx(&duplicate), "{duplicate}");
+        assert_eq!(fault_of_sqlx(&duplicate), Fault::Row, "{duplicate}");
 
         drop((holder, waiter));
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn postgres_errors_about_the_database_are_outages_and_refused_values_are_rows() {
+        for outage in [
+            "25006", // read-only transaction (a failover's old primary)
+            "42501", // permission denied (REVOKE)
+            "28P01", // password authentication failed (a rotation)
+            "53100", // disk full
+            "57014", // statement timeout
+            "55P03", // lock timeout
+            "42P01", // the table was renamed
+            "57P01", // admin shutdown
+            "08006", // connection failure
+            "40P01", // deadlock
+        ] {
+            assert_eq!(postgres_fault(outage), Fault::Outage, "{outage}");
+        }
+        for row in ["23505", "23514", "22001", "22P02", "P0001", "54000"] {
+            assert_eq!(postgres_fault(row), Fault::Row, "{row}");
+        }
+        assert_eq!(postgres_fault(""), Fault::Unknown);
+    }
+
+    #[test]
+    fn mysql_errors_are_judged_by_number_before_sqlstate() {
+        let hy = || Some("HY000");
+        // INSERT command denied (42000), read-only (HY000), lock wait.
+        assert_eq!(mysql_fault(1142, Some("42000")), Fault::Outage);
+        assert_eq!(mysql_fault(1290, hy()), Fault::Outage);
+        assert_eq!(mysql_fault(1792, Some("25006")), Fault::Outage);
+        assert_eq!(mysql_fault(1205, hy()), Fault::Outage);
+        assert_eq!(mysql_fault(1146, Some("42S02")), Fault::Outage);
+        // An invalid string value is HY000 too, and is about the row.
+        assert_eq!(mysql_fault(1366, hy()), Fault::Row);
+        // A trigger's SIGNAL, a constraint.
+        assert_eq!(mysql_fault(1644, Some("45000")), Fault::Row);
+        assert_eq!(mysql_fault(1062, Some("23000")), Fault::Row);
+        assert_eq!(mysql_fault(1406, Some("22001")), Fault::Row);
+    }
+
+    #[test]
+    fn sqlite_result_codes_are_judged_by_their_primary_code() {
+        // SQLITE_CONSTRAINT_TRIGGER (a trigger's RAISE(ABORT)), SQLITE_BUSY_SNAPSHOT.
+        assert_eq!(sqlite_fault(1811), Fault::Row);
+        assert_eq!(sqlite_fault(517), Fault::Outage);
+        assert_eq!(sqlite_fault(8), Fault::Outage);
+        assert_eq!(sqlite_fault(13), Fault::Outage);
+        assert_eq!(sqlite_fault(1), Fault::Unknown);
     }
 }

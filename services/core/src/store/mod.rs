@@ -22,8 +22,6 @@
 //!   (`incomplete`, or an `interrupted` upload's settled counts).
 //! * [`leases`]: who is receiving an upload, how far it got, and marking
 //!   `interrupted` the uploads whose instance stopped renewing its lease.
-//! * [`unverified`]: stored rows whose mail domain DNS could not verify
-//!   (recorded in the batch's transaction; the `unverified` count and export).
 //! * [`batch`]: applying a batch of judged rows in one transaction: the
 //!   duplicate rule and the exactly-once effect (`batch/mod.rs`), its steps
 //!   on the ledgers and on contacts, how values are encoded
@@ -36,11 +34,12 @@ pub mod batch;
 mod dialect;
 mod error;
 pub mod leases;
-pub mod unverified;
 pub mod uploads;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Executor};
@@ -50,7 +49,7 @@ use crate::config::DatabaseConfig;
 pub use accounting::{AccountingCandidate, RowSet};
 pub use batch::BatchOutcome;
 pub use dialect::Dialect;
-pub use error::{StoreError, is_transient_sqlx};
+pub use error::{Fault, StoreError, fault_of_sqlx, is_transient_sqlx};
 pub use leases::LeaseProgress;
 pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
 
@@ -59,6 +58,106 @@ pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// See [`Store::call`].
+    call_deadline: Option<Duration>,
+    sessions: Arc<SessionsValidSince>,
+}
+
+/// Which pooled connections are still worth using: those opened after the
+/// last outage that left sessions unusable. A demoted primary keeps its
+/// sessions read-only, a server behind a failed-over address keeps the old
+/// connections: after such an error, every connection opened before it is
+/// closed when next taken from the pool, so the next try connects anew
+/// (resolving the address again, reading the session defaults again).
+#[derive(Debug)]
+struct SessionsValidSince {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last such error (0: none).
+    since_ms: AtomicU64,
+}
+
+impl SessionsValidSince {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn renew(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.since_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a connection of this age was opened after the last renewal.
+    fn holds(&self, age: Duration) -> bool {
+        let since = self.since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        let opened = self.epoch.elapsed().saturating_sub(age).as_millis() as u64;
+        opened > since
+    }
+}
+
+/// What every connection of a pool is told when it opens.
+#[derive(Clone, Copy, Debug)]
+struct SessionSettings {
+    statement_timeout: Option<Duration>,
+}
+
+impl SessionSettings {
+    fn from_config(config: &DatabaseConfig) -> Self {
+        Self {
+            statement_timeout: config.statement_timeout(),
+        }
+    }
+
+    /// Whole seconds, at least one (MySQL's lock timeouts take no less).
+    fn statement_timeout_secs(&self) -> Option<u64> {
+        self.statement_timeout
+            .map(|t| t.as_millis().div_ceil(1000).max(1) as u64)
+    }
+
+    fn statements(&self, dialect: Dialect) -> Vec<String> {
+        let mut out = Vec::new();
+        match dialect {
+            Dialect::Sqlite => {
+                // WAL lets readers and the one writer work at once;
+                // busy_timeout makes concurrent writers wait, not fail, and
+                // bounds how long (the lock timeout of SQLite).
+                out.push("PRAGMA journal_mode = WAL".into());
+                let busy = self
+                    .statement_timeout
+                    .map_or(i32::MAX as u128, |t| t.as_millis());
+                out.push(format!("PRAGMA busy_timeout = {busy}"));
+                // FULL: a commit is on disk before the consumer
+                // acknowledges its entries, power loss included
+                // (NORMAL would lose the last commits then).
+                out.push("PRAGMA synchronous = FULL".into());
+            }
+            Dialect::MySql => {
+                out.push(
+                    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'".into(),
+                );
+                if let Some(secs) = self.statement_timeout_secs() {
+                    // Row locks (InnoDB) and metadata locks (a table being
+                    // altered or locked).
+                    out.push(format!(
+                        "SET SESSION innodb_lock_wait_timeout = {secs}, lock_wait_timeout = {secs}"
+                    ));
+                }
+            }
+            Dialect::Postgres => {
+                if let Some(t) = self.statement_timeout {
+                    let ms = t.as_millis();
+                    out.push(format!("SET statement_timeout = {ms}"));
+                    out.push(format!("SET lock_timeout = {ms}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Store {
@@ -85,36 +184,67 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        let session = SessionSettings::from_config(config);
+        let sessions = Arc::new(SessionsValidSince::new());
+        let valid = sessions.clone();
         let pool = AnyPoolOptions::new()
+            .before_acquire(move |_conn, meta| {
+                let keep = valid.holds(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
             .max_connections(config.db_max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms.max(1)))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    match dialect {
-                        Dialect::Sqlite => {
-                            // WAL lets readers and the one writer work at once;
-                            // busy_timeout makes concurrent writers wait, not fail.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA busy_timeout = 30000").await?;
-                            // FULL: a commit is on disk before the consumer
-                            // acknowledges its entries, power loss included
-                            // (NORMAL would lose the last commits then).
-                            conn.execute("PRAGMA synchronous = FULL").await?;
+                    for statement in session.statements(dialect) {
+                        conn.execute(AssertSqlSafe(statement)).await?;
+                    }
+                    if dialect == Dialect::MySql
+                        && let Some(secs) = session.statement_timeout_secs()
+                    {
+                        // MariaDB's statement timeout; MySQL has none for
+                        // writes (its `max_execution_time` is for SELECT
+                        // only) and answers "unknown variable", which the
+                        // call deadline stands in for.
+                        let mariadb = format!("SET SESSION max_statement_time = {secs}");
+                        if let Err(e) = conn.execute(AssertSqlSafe(mariadb)).await {
+                            tracing::debug!(error = %e, "no max_statement_time (MySQL): the call deadline bounds statements");
                         }
-                        Dialect::MySql => {
-                            conn.execute(
-                                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-                            )
-                            .await?;
-                        }
-                        Dialect::Postgres => {}
                     }
                     Ok(())
                 })
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            call_deadline: config.call_deadline(),
+            sessions,
+        })
+    }
+
+    /// Run one call to the database within the deadline of
+    /// [`DatabaseConfig::call_deadline`]: a call the server never answers
+    /// (a network path that drops packets, a server frozen mid-statement)
+    /// ends as [`StoreError::CallTimedOut`], an outage, instead of holding
+    /// its caller (and the caller's claim on stream entries) forever.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = match self.call_deadline {
+            Some(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .unwrap_or(Err(StoreError::CallTimedOut(deadline))),
+            None => call.await,
+        };
+        if let Err(e) = &result
+            && e.calls_for_new_sessions()
+        {
+            self.sessions.renew();
+        }
+        result
     }
 
     pub fn dialect(&self) -> Dialect {

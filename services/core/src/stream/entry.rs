@@ -6,7 +6,6 @@
 //! | field | meaning |
 //! |---|---|
 //! | `upload_id` | the upload the row belongs to |
-//! | `upload_seq` | the upload's acceptance order (decides which duplicate wins) |
 //! | `row_number` | 1-based data-row number in the file, header excluded |
 //! | `traceparent`, `tracestate` | W3C trace context of the producer span |
 //! | `email`, `name` | the detected email and name columns, as written |
@@ -64,8 +63,6 @@ pub enum EntryBody {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamEntry {
     pub upload_id: String,
-    /// `None` when a producer other than rowpipe-upload wrote the entry.
-    pub upload_seq: Option<i64>,
     pub row_number: i64,
     pub body: EntryBody,
     /// W3C trace-context fields (`traceparent`, `tracestate`).
@@ -98,9 +95,6 @@ impl StreamEntry {
         let b = Cow::Borrowed;
         let mut out = Vec::with_capacity(8);
         out.push((b(F_UPLOAD_ID), b(self.upload_id.as_str())));
-        if let Some(seq) = self.upload_seq {
-            out.push((b(F_UPLOAD_SEQ), Cow::Owned(seq.to_string())));
-        }
         out.push((b(F_ROW_NUMBER), Cow::Owned(self.row_number.to_string())));
         for (k, v) in trace {
             if !v.is_empty() {
@@ -165,22 +159,14 @@ impl StreamEntry {
             let bad = fields[ri].1.clone();
             return Err((EntryError::BadNumber(F_ROW_NUMBER, bad), fields));
         };
-        let upload_seq = match find(&fields, F_UPLOAD_SEQ) {
-            Some(si) => match fields[si].1.trim().parse::<i64>() {
-                Ok(seq) => Some(seq),
-                Err(_) => {
-                    let bad = fields[si].1.clone();
-                    return Err((EntryError::BadNumber(F_UPLOAD_SEQ, bad), fields));
-                }
-            },
-            None => None,
-        };
         let take = |fields: &mut Vec<(String, String)>, key: &str| -> Option<String> {
             let i = fields.iter().position(|(k, _)| k == key)?;
             Some(fields.remove(i).1)
         };
         let upload_id = take(&mut fields, F_UPLOAD_ID).unwrap_or_default();
         take(&mut fields, F_ROW_NUMBER);
+        // Written by earlier versions of the upload service. Never trusted:
+        // the consumer reads each upload's sequence from its record.
         take(&mut fields, F_UPLOAD_SEQ);
         let mut trace = Vec::new();
         for key in [F_TRACEPARENT, F_TRACESTATE] {
@@ -236,7 +222,6 @@ impl StreamEntry {
         };
         Ok(Self {
             upload_id,
-            upload_seq,
             row_number,
             body,
             trace,
@@ -309,7 +294,6 @@ mod tests {
     fn a_row_survives_the_round_trip_even_with_colliding_headers() {
         let entry = StreamEntry {
             upload_id: "u1".into(),
-            upload_seq: Some(7),
             row_number: 42,
             body: EntryBody::Row(RowFields {
                 email: Some(" A@Example.com".into()),
@@ -337,7 +321,21 @@ mod tests {
             EntryBody::Row(row) => assert_eq!(row.email.as_deref(), Some("x@example.com")),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(entry.upload_seq, None);
+    }
+
+    #[test]
+    fn an_upload_seq_written_by_an_earlier_producer_is_not_a_column() {
+        let map = to_map(vec![
+            ("upload_id".into(), "u1".into()),
+            ("upload_seq".into(), "-1".into()),
+            ("row_number".into(), "3".into()),
+            ("email".into(), "x@example.com".into()),
+        ]);
+        let entry = StreamEntry::from_map(&map).expect("decode");
+        match entry.body {
+            EntryBody::Row(row) => assert!(row.attributes.is_empty(), "{row:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -223,11 +223,31 @@ impl ConsumerGroup {
             .map(drop)
     }
 
-    /// Write `letter` to the dead-letter stream `stream`, signed with this
-    /// consumer's name.
-    pub async fn dead_letter(&mut self, stream: &str, letter: &DeadLetter<'_>) -> RedisResult<()> {
+    /// The fields of entry `id` as the stream holds them, in order; `None`
+    /// if the stream no longer has it.
+    pub async fn entry(&mut self, id: &str) -> RedisResult<Option<Vec<(String, String)>>> {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(&self.member.stream)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.con)
+            .await?;
+        Ok(super::reader::range_entries(reply)
+            .into_iter()
+            .next()
+            .map(|(_, fields)| fields))
+    }
+
+    /// Write `letter` to the dead-letter stream `stream` (trimmed to about
+    /// `max_len` letters), signed with this consumer's name.
+    pub async fn dead_letter(
+        &mut self,
+        stream: &str,
+        max_len: usize,
+        letter: &DeadLetter<'_>,
+    ) -> RedisResult<()> {
         letter
-            .write(&mut self.con, stream, &self.member.consumer)
+            .write(&mut self.con, stream, max_len, &self.member.consumer)
             .await
     }
 

@@ -7,6 +7,7 @@
 //!   reclaim, acknowledge, leave).
 //! * [`reader`]: the consumer's own `XREADGROUP` connection and decoder.
 //! * [`dead_letter`]: the format of the dead-letter stream.
+//! * [`replay`]: reading it back, and replaying its rows.
 //! * [`range`]: whether anything of a range of ids is still to be processed (how loss detection knows an upload's entries
 //!   are all done with).
 //!
@@ -21,6 +22,7 @@ pub mod entry;
 pub mod group;
 pub mod range;
 pub mod reader;
+pub mod replay;
 
 use std::time::Duration;
 
@@ -46,10 +48,27 @@ pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
 /// A client whose TCP connections send at once (`TCP_NODELAY`). redis-rs
 /// leaves Nagle's algorithm on by default, and a pipeline of 500 `XADD`s is
 /// bigger than a TCP segment: its tail would wait for Redis's delayed ACK.
+/// Its connections also probe a quiet peer ([`keepalive`]).
 fn client(url: &str) -> redis::RedisResult<redis::Client> {
     let info = url.into_connection_info()?;
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let tcp = info
+        .tcp_settings()
+        .clone()
+        .set_nodelay(true)
+        .set_keepalive(keepalive());
     redis::Client::open(info.set_tcp_settings(tcp))
+}
+
+/// TCP keepalive for every Redis connection: a peer that vanished without
+/// a word (a node powered off, a NAT or a load balancer that dropped the
+/// flow) is noticed within about a minute (30 s idle, then 3 probes 10 s
+/// apart) instead of the system default of two hours, so a blocked read or
+/// a pending reply fails and the connection is made again.
+pub(crate) fn keepalive() -> redis::io::tcp::socket2::TcpKeepalive {
+    redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3)
 }
 
 /// A dedicated connection for `XREADGROUP BLOCK block`: its response timeout

@@ -150,27 +150,35 @@ fn read_reply_entries(reply: redis::Value) -> Vec<RawEntry> {
     };
     let mut out = Vec::new();
     for entries in streams {
-        let Value::Array(entries) = entries else {
-            continue;
-        };
-        out.reserve(entries.len());
-        for e in entries {
-            let Value::Array(parts) = e else { continue };
-            let mut parts = parts.into_iter();
-            let Some(id) = parts.next() else { continue };
-            let mut fields = Vec::new();
-            if let Some(Value::Array(kv)) = parts.next() {
-                fields.reserve(kv.len() / 2);
-                let mut kv = kv.into_iter();
-                while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                    fields.push((
-                        super::entry::value_into_string(k),
-                        super::entry::value_into_string(v),
-                    ));
-                }
+        out.extend(range_entries(entries));
+    }
+    out
+}
+
+/// The entries of an `XRANGE` reply, or of one stream of an `XREADGROUP`
+/// reply, in order, each with its fields in stream order.
+pub(crate) fn range_entries(entries: redis::Value) -> Vec<RawEntry> {
+    use redis::Value;
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Value::Array(parts) = e else { continue };
+        let mut parts = parts.into_iter();
+        let Some(id) = parts.next() else { continue };
+        let mut fields = Vec::new();
+        if let Some(Value::Array(kv)) = parts.next() {
+            fields.reserve(kv.len() / 2);
+            let mut kv = kv.into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                fields.push((
+                    super::entry::value_into_string(k),
+                    super::entry::value_into_string(v),
+                ));
             }
-            out.push((super::entry::value_into_string(id), fields));
         }
+        out.push((super::entry::value_into_string(id), fields));
     }
     out
 }
@@ -216,6 +224,7 @@ impl RawReader {
                 .await
                 .map_err(|_| ReadError::Timeout(CONNECT_TIMEOUT))??;
             tcp.set_nodelay(true)?;
+            redis::io::tcp::socket2::SockRef::from(&tcp).set_tcp_keepalive(&super::keepalive())?;
             let mut conn = BufStream::with_capacity(256 * 1024, 8 * 1024, tcp);
             let mut handshake: Vec<Vec<&str>> = Vec::new();
             let db = self.db.to_string();

@@ -1,6 +1,8 @@
 //! Faults a test injects without touching the shared servers: a database
-//! link it can cut ([`proxy::ToggleProxy`]) and a Redis of its own it can
-//! restart ([`redis::OwnRedis`]).
+//! link it can cut ([`proxy::ToggleProxy`]), a Redis of its own it can
+//! restart ([`redis::OwnRedis`]), and its own database's privileges and
+//! read-only switch ([`database`]).
 
+pub mod database;
 pub mod proxy;
 pub mod redis;

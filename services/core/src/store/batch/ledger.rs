@@ -4,13 +4,23 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::HashSet;
 use sqlx::Row;
 
 use super::Tx;
 use super::encode::{CHUNK, Cell, PackedColumns, bind_rows, insert_sql};
 use super::sql::{self, Ledger};
 use crate::store::{Dialect, Store, StoreError};
+use crate::validate::RejectReason;
+
+/// What step 1 found in the ledgers.
+#[derive(Default)]
+pub(super) struct Recorded<'a> {
+    /// Rows recorded for good: a later delivery passes over them.
+    pub(super) held: HashSet<(&'a str, i64)>,
+    /// Rows recorded as `processing_failed`: given up on, not final.
+    pub(super) failed: HashSet<(&'a str, i64)>,
+}
 
 /// A unique violation on a ledger: the same (upload, row) recorded by
 /// another transaction since step 1 looked.
@@ -25,13 +35,16 @@ fn ledger_collision(e: sqlx::Error) -> StoreError {
 
 impl Store {
     /// The (upload, row number) pairs of `ranges` (each upload's first and
-    /// last row number) that either ledger holds.
+    /// last row number) that either ledger holds; and, apart, those of them
+    /// recorded as `processing_failed`, which a new delivery may still store
+    /// (see [`Store::apply_batch`], step 1).
     pub(super) async fn recorded_rows<'a>(
         &self,
         tx: &mut Tx,
         ranges: &BTreeMap<&'a str, (i64, i64)>,
-    ) -> Result<HashSet<(&'a str, i64)>, StoreError> {
-        let mut seen: HashSet<(&str, i64)> = HashSet::new();
+    ) -> Result<Recorded<'a>, StoreError> {
+        let mut recorded = Recorded::default();
+        let failed = RejectReason::ProcessingFailed.code();
         for (upload, (lo, hi)) in ranges {
             let existing = sqlx::query(self.q(sql::RECORDED_ROWS))
                 .bind(*upload)
@@ -43,10 +56,31 @@ impl Store {
                 .fetch_all(&mut **tx)
                 .await?;
             for row in existing {
-                seen.insert((upload, row.try_get::<i64, _>("rn")?));
+                let key = (*upload, row.try_get::<i64, _>("rn")?);
+                if row.try_get::<String, _>("reason")? == failed {
+                    recorded.failed.insert(key);
+                } else {
+                    recorded.held.insert(key);
+                }
             }
         }
-        Ok(seen)
+        Ok(recorded)
+    }
+
+    /// Remove the `processing_failed` record of a row about to be stored.
+    pub(super) async fn forget_failed_row(
+        &self,
+        tx: &mut Tx,
+        upload: &str,
+        row_number: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.q(sql::FORGET_FAILED_ROW))
+            .bind(upload)
+            .bind(row_number)
+            .bind(RejectReason::ProcessingFailed.code())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Insert rows into a ledger: packed on PostgreSQL, else (or for values

@@ -176,12 +176,24 @@ impl Store {
             e.0 = e.0.min(r.row_number);
             e.1 = e.1.max(r.row_number);
         }
-        let mut seen = self.recorded_rows(&mut tx, &ranges).await?;
+        let recorded = self.recorded_rows(&mut tx, &ranges).await?;
+        let mut seen = recorded.held;
+        // A row given up on (`processing_failed`: it failed on its own, again
+        // and again) is not done: delivered again (a replay of its dead
+        // letter, or its own entry redelivered), it is stored now, and its
+        // failure record goes in the same transaction, so its upload's
+        // counts move from rejected to inserted or duplicate.
+        let mut forgotten: BTreeMap<&str, i64> = BTreeMap::new();
         // Also drops a second copy of a row within the batch (an upload that
         // re-sent a batch of `XADD`s after a partial failure).
         let mut fresh: Vec<&JudgedRow> = Vec::with_capacity(rows.len());
         for r in rows {
-            if seen.insert((r.upload_id.as_str(), r.row_number)) {
+            let key = (r.upload_id.as_str(), r.row_number);
+            if seen.insert(key) {
+                if recorded.failed.contains(&key) {
+                    self.forget_failed_row(&mut tx, key.0, key.1).await?;
+                    *forgotten.entry(key.0).or_default() += 1;
+                }
                 fresh.push(r);
             } else {
                 outcome.replayed += 1;
@@ -315,10 +327,6 @@ impl Store {
         self.insert_ledger_rows(&mut tx, &sql::ACCEPTED_ROWS, &ledger_rows)
             .await?;
         outcome.replayed += replayed_winners.len() as u64;
-        // Stored rows whose mail domain DNS could not verify (unverified.rs).
-        let stored = fresh.iter().copied();
-        let stored = stored.filter(|r| !replayed_winners.contains(&(&*r.upload_id, r.row_number)));
-        self.record_unverified(&mut tx, stored, now).await?;
 
         // 5. Per-upload progress, last, into one of the upload's progress
         //    slots picked at random: concurrent batches of one upload rarely
@@ -336,6 +344,13 @@ impl Store {
         }
         for (upload, delta) in &inserted {
             per_upload.entry(upload.as_str()).or_default().2 += delta;
+        }
+        // Rows whose failure record step 1 removed were counted processed
+        // and rejected then; this batch counts them again.
+        for (upload, n) in &forgotten {
+            let e = per_upload.entry(upload).or_default();
+            e.0 -= n;
+            e.1 -= n;
         }
         let slot: i64 = rand::random_range(0..PROGRESS_SLOTS);
         let add_progress = sql::add_progress(dialect);

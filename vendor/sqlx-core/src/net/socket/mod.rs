@@ -193,6 +193,15 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // waits up to 40 ms for the server's delayed ACK (Nagle).
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        // rowpipe patch: TCP keepalive (30 s idle, 3 probes 10 s apart), so
+        // a database that vanished without closing the connection (a
+        // failover behind an address, a dropped NAT flow) is noticed in
+        // about a minute, not the system's two hours.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(30))
+            .with_interval(std::time::Duration::from_secs(10))
+            .with_retries(3);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         return Ok(with_socket.with_socket(stream).await);
     }
 

@@ -48,10 +48,17 @@ pub(super) fn begin(dialect: Dialect) -> Option<&'static str> {
 }
 
 /// Step 1: the rows of one upload, in a range of row numbers, that either
-/// ledger holds. Binds: upload, first row, last row; the same again.
-pub(super) const RECORDED_ROWS: &str = "SELECT \"row_number\" AS rn FROM accepted_rows WHERE upload_id = ? AND \"row_number\" BETWEEN ? AND ? \
+/// ledger holds, with the reject reason of those in the reject ledger
+/// (`''` for the others). Binds: upload, first row, last row; the same
+/// again.
+pub(super) const RECORDED_ROWS: &str = "SELECT \"row_number\" AS rn, '' AS reason FROM accepted_rows WHERE upload_id = ? AND \"row_number\" BETWEEN ? AND ? \
      UNION ALL \
-     SELECT \"row_number\" AS rn FROM rejected_rows WHERE upload_id = ? AND \"row_number\" BETWEEN ? AND ?";
+     SELECT \"row_number\" AS rn, reason FROM rejected_rows WHERE upload_id = ? AND \"row_number\" BETWEEN ? AND ?";
+
+/// Step 1: forget that a row failed (`processing_failed`), so that it is
+/// stored now. Binds: upload, row number.
+pub(super) const FORGET_FAILED_ROW: &str =
+    "DELETE FROM rejected_rows WHERE upload_id = ? AND \"row_number\" = ? AND reason = ?";
 
 /// The columns of a contacts insert, in bind order.
 fn contact_columns(dialect: Dialect) -> String {
