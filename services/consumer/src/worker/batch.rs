@@ -100,7 +100,10 @@ impl Worker {
         // `claim_idle`: a renewal can fail or come late and the next one
         // still lands before the batch is idle long enough to be taken over.
         let held: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
-        let keep_claimed = self.group.keep_claimed(held, self.config.claim_idle() / 3);
+        let (calls, claim_idle) = (self.calls.clone(), self.config.claim_idle());
+        let keep_claimed = self.group.keep_claimed(held, claim_idle / 3, move || {
+            !calls.stuck_longer_than(claim_idle)
+        });
         let work = async {
             if !self.resolve_seqs(&delivered, shutdown).await? {
                 // Shutting down with the database away: leave it all pending.
@@ -221,7 +224,13 @@ impl Worker {
                 .increment(*n);
         }
         for upload in &outcome.uploads {
-            match crate::completion::check(&self.store, upload).await {
+            self.calls.begin();
+            let checked = self
+                .store
+                .call(crate::completion::check(&self.store, upload))
+                .await;
+            self.calls.end();
+            match checked {
                 Ok(true) => report.completed_uploads.push(upload.clone()),
                 Ok(false) => {}
                 Err(e) => {

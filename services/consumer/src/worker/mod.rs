@@ -30,8 +30,9 @@
 //! not taken over, stored twice and counted as delivered again each time,
 //! the worker renews its claim on the batch in hand while it works on it.
 //! Every database call has a deadline (`ROWPIPE_DB_STATEMENT_TIMEOUT_MS`),
-//! so a call that hangs ends as an outage; a worker stuck in a way no
-//! deadline ends stops renewing with it, and the others take over.
+//! so a call that hangs ends as an outage; and a worker whose call has had
+//! no answer for longer than `claim_idle` stops renewing its claim, so the
+//! others take the batch over.
 //!
 //! What is said to Redis is [`rowpipe_core::stream::ConsumerGroup`]'s; this
 //! module decides when. Its parts:
@@ -42,6 +43,8 @@
 //! * [`upload_seq`]: each upload's sequence, from its record;
 //! * [`bisect`]: storing the rows, splitting a batch the database refuses;
 //! * [`outage`]: waiting out an outage of the database, and acknowledging;
+//! * [`call_watch`]: whether its calls get answers (a stuck worker stops
+//!   renewing its claim);
 //! * [`failed`]: entries given up on (the reject ledger, the dead-letter
 //!   stream);
 //! * [`error`] and [`health`]: which dependency a failure is blamed on.
@@ -50,6 +53,7 @@
 
 mod batch;
 mod bisect;
+mod call_watch;
 mod error;
 mod failed;
 mod health;
@@ -97,6 +101,8 @@ pub struct Worker {
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
     reclaim_turns: Arc<ReclaimTurns>,
+    /// Whether its database calls get answers (see [`call_watch`]).
+    calls: Arc<call_watch::CallWatch>,
 }
 
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -129,6 +135,7 @@ impl Worker {
             health,
             seq_cache: HashMap::new(),
             reclaim_turns,
+            calls: Arc::new(call_watch::CallWatch::new()),
         })
     }
 

@@ -43,7 +43,12 @@ impl Backoff {
 
     /// Since when the outage has lasted.
     pub(super) fn outage_started(&mut self) -> Instant {
-        *self.since.get_or_insert_with(Instant::now)
+        self.outage_started_at(Instant::now())
+    }
+
+    /// Since when the outage has lasted, `at` if it starts now.
+    pub(super) fn outage_started_at(&mut self, at: Instant) -> Instant {
+        *self.since.get_or_insert(at)
     }
 
     pub(super) fn in_outage(&self) -> bool {
@@ -91,7 +96,11 @@ impl Worker {
     {
         let mut backoff = Backoff::new();
         loop {
-            let error = match self.store.call(call()).await {
+            let started = Instant::now();
+            self.calls.begin();
+            let result = self.store.call(call()).await;
+            self.calls.end();
+            let error = match result {
                 Ok(value) => {
                     if backoff.in_outage() {
                         let lasted = backoff.outage_started().elapsed();
@@ -111,7 +120,9 @@ impl Worker {
             if fault != Fault::Outage {
                 return Err(error);
             }
-            if backoff.outage_started().elapsed() >= NOT_READY_AFTER {
+            // The outage began when the call that met it did: a call that
+            // hung until its deadline is a long outage already.
+            if backoff.outage_started_at(started).elapsed() >= NOT_READY_AFTER {
                 self.health.database_down(&error);
             }
             if shutdown.is_requested() {

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use rowpipe_testkit::faults::database::{LimitedUser, admin_on, set_read_only};
 use rowpipe_testkit::upload_process::cli_binary;
-use rowpipe_testkit::{Backend, Generated, TestApp, eventually, generate_contacts, spawn_app};
+use rowpipe_testkit::{
+    Backend, Generated, TestApp, ToggleProxy, eventually, generate_contacts, host_port, spawn_app,
+    via_port,
+};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::CONSUMER_BIN;
@@ -196,6 +199,56 @@ async fn a_statement_held_up_by_a_lock_times_out_and_its_batch_goes_through_afte
 }
 
 rowpipe_testkit::on_databases!(a_statement_held_up_by_a_lock_times_out_and_its_batch_goes_through_after: Postgres, MySql, Sqlite);
+
+async fn a_consumer_whose_database_calls_hang_lets_another_take_its_batch_over(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let proxy = ToggleProxy::start(host_port(&app.db.url))
+        .await
+        .expect("proxy");
+    let mut csv = String::from("name,email\n");
+    for i in 1..=300 {
+        csv.push_str(&format!("H{i},h{i}@example.com\n"));
+    }
+    let id = app.upload_ok(csv.into_bytes()).await;
+    // A deadline far beyond the test: this worker's calls end only when
+    // its path to the database does.
+    let settings = [
+        "--claim-idle-ms",
+        "1000",
+        "--db-statement-timeout-ms",
+        "600000",
+    ];
+    let url = via_port(&app.db.url, proxy.port);
+    let mut stuck = InProcessWorker::start_on(&app, &url, &settings).await;
+    proxy.stall();
+    let stuck_turn = tokio::spawn(async move { stuck.turn().await.map(|r| r.is_some()) });
+    eventually(
+        Duration::from_secs(10),
+        "the stuck worker to hold the batch",
+        || async { app.pending().await > 0 },
+    )
+    .await;
+    // Without renewals from the stuck worker, its batch is idle after a
+    // second and this one takes it over.
+    let mut other = InProcessWorker::start(&app, &["--claim-idle-ms", "1000"]).await;
+    other
+        .run_until_completed(&id, Duration::from_secs(60))
+        .await;
+    let status = app.status(&id).await;
+    assert_eq!(status["counts"]["inserted"], 300, "{status}");
+    assert_eq!(status["counts"]["read"], 300, "{status}");
+    assert!(
+        !stuck_turn.is_finished(),
+        "the stuck worker's call was to hang, not fail: {:?}",
+        stuck_turn.await
+    );
+    stuck_turn.abort();
+    assert_eq!(app.pending().await, 0);
+    drop(proxy);
+    app.cleanup().await;
+}
+
+rowpipe_testkit::on_databases!(a_consumer_whose_database_calls_hang_lets_another_take_its_batch_over: Postgres, MySql);
 
 /// Run `worker` until `done` holds, failing after `timeout`.
 async fn turn_until<F, Fut>(

@@ -33,9 +33,15 @@ impl InProcessWorker {
     /// command-line `settings` (e.g. `["--max-deliveries", "3"]`) on top of
     /// its defaults, pointed at `app`'s database, stream and group.
     pub async fn start(app: &TestApp, settings: &[&str]) -> Self {
+        Self::start_on(app, &app.db.url, settings).await
+    }
+
+    /// [`Self::start`] on `database_url` (the app's database through a
+    /// proxy, say) instead of the app's own URL.
+    pub async fn start_on(app: &TestApp, database_url: &str, settings: &[&str]) -> Self {
         let mut args = vec![
             "--database-url",
-            &app.db.url,
+            database_url,
             "--redis-url",
             &app.redis_url,
             "--stream",

@@ -170,14 +170,16 @@ impl ConsumerGroup {
             .collect())
     }
 
-    /// Renew this consumer's claim on `ids` every `period` until dropped.
-    /// The minimum idle time, half the period, leaves alone an entry
-    /// another consumer has only just claimed. Runs beside the work on the
-    /// batch, on its own handle of the shared connection.
+    /// Renew this consumer's claim on `ids` every `period` until dropped,
+    /// as long as `still_working()` says the work on them is getting
+    /// answers. The minimum idle time, half the period, leaves alone an
+    /// entry another consumer has only just claimed. Runs beside the work on
+    /// the batch, on its own handle of the shared connection.
     pub fn keep_claimed(
         &self,
         ids: Vec<String>,
         period: Duration,
+        still_working: impl Fn() -> bool + Send + 'static,
     ) -> impl Future<Output = Infallible> + 'static {
         let mut con = self.con.clone();
         let member = self.member.clone();
@@ -185,6 +187,13 @@ impl ConsumerGroup {
             loop {
                 tokio::time::sleep(period).await;
                 if ids.is_empty() {
+                    continue;
+                }
+                if !still_working() {
+                    tracing::warn!(
+                        entries = ids.len(),
+                        "a call on the batch in hand has had no answer for longer than the claim idle time; the claim is no longer renewed, so other consumers can take the batch over"
+                    );
                     continue;
                 }
                 match member.renew(&mut con, &ids, period / 2).await {
