@@ -180,7 +180,9 @@ async fn the_openapi_document_describes_every_route_and_status_the_service_uses(
         (
             "/v1/uploads",
             "post",
-            &["202", "200", "401", "409", "413", "415", "422", "503"],
+            &[
+                "202", "200", "401", "408", "409", "413", "415", "422", "429", "503",
+            ],
         ),
         ("/v1/uploads", "get", &["200", "401"]),
         ("/v1/uploads/{id}", "get", &["200", "401", "404"]),
