@@ -224,9 +224,10 @@ pub fn not_text(head: &[u8]) -> Option<String> {
         } else if has(b"word/") {
             named("a Word document (docx)")
         } else {
-            Some(format!(
+            Some(
                 "this is a zip archive, not a CSV file; unpack it and upload the CSV inside (or send it gzip-compressed)"
-            ))
+                    .to_string(),
+            )
         };
     }
     if head.starts_with(&[0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1]) {
