@@ -162,6 +162,24 @@ async fn answers_are_kept_for_their_ttl_within_the_floor() {
     assert_eq!(dns.queries("address.test", RecordType::MX), 1);
 }
 
+/// A consumer process of `app` with the check on, asking `dns`, with one
+/// more setting.
+fn checking_consumer(
+    app: &rowpipe_testkit::TestApp,
+    dns: &TestDns,
+    setting: (&str, &str),
+) -> rowpipe_testkit::ConsumerProcess {
+    let server = dns.addr().to_string();
+    app.spawn_consumer(
+        CONSUMER_BIN,
+        &[
+            ("ROWPIPE_CHECK_MAIL_DOMAIN", "mx"),
+            ("ROWPIPE_DNS_SERVERS", &server),
+            setting,
+        ],
+    )
+}
+
 /// Rows over every kind of domain, through the upload service and a real
 /// consumer with the check on: refused domains are rejects with their
 /// reason and a suggestion where one fits, failed lookups are stored and
@@ -169,15 +187,7 @@ async fn answers_are_kept_for_their_ttl_within_the_floor() {
 async fn the_pipeline_rejects_refused_domains_and_stores_unverified_ones(backend: Backend) {
     let dns = TestDns::start(zones(), 300).await.expect("dns");
     let app = spawn_app(backend).await;
-    let server = dns.addr().to_string();
-    let mut consumer = app.spawn_consumer(
-        CONSUMER_BIN,
-        &[
-            ("ROWPIPE_CHECK_MAIL_DOMAIN", "mx"),
-            ("ROWPIPE_DNS_SERVERS", &server),
-            ("ROWPIPE_DNS_TIMEOUT_MS", "300"),
-        ],
-    );
+    let mut consumer = checking_consumer(&app, &dns, ("ROWPIPE_DNS_TIMEOUT_MS", "300"));
     let csv = "name,email\n\
                Ann,ann@mx.test\n\
                Bea,bea@address.test\n\
@@ -285,15 +295,7 @@ async fn rows_over_50_domains_cause_one_lookup_per_domain(backend: Backend) {
         .await
         .expect("dns");
     let app = spawn_app(backend).await;
-    let server = dns.addr().to_string();
-    let mut consumer = app.spawn_consumer(
-        CONSUMER_BIN,
-        &[
-            ("ROWPIPE_CHECK_MAIL_DOMAIN", "mx"),
-            ("ROWPIPE_DNS_SERVERS", &server),
-            ("ROWPIPE_WORKERS", "4"),
-        ],
-    );
+    let mut consumer = checking_consumer(&app, &dns, ("ROWPIPE_WORKERS", "4"));
     let mut csv = String::from("email\n");
     for i in 0..ROWS {
         csv.push_str(&format!("user{i}@{}\n", domains[i % DOMAINS]));
@@ -375,3 +377,46 @@ async fn unverified_rows_are_recorded_once_under_redelivery(backend: Backend) {
 }
 
 rowpipe_testkit::on_databases!(unverified_rows_are_recorded_once_under_redelivery: Sqlite, Postgres, MySql);
+
+/// DNS may answer differently when a batch is delivered again: a row an
+/// earlier delivery stored stays accepted (its redelivery is then only
+/// replayed), while a row nobody stored is rejected as the answer says.
+async fn a_redelivered_stored_row_is_not_rejected_by_a_changed_answer(backend: Backend) {
+    let dns = TestDns::start(zones(), 300).await.expect("dns");
+    let check = check(&dns, &[]);
+    let db = rowpipe_testkit::TestDb::create(backend)
+        .await
+        .expect("test database");
+    let store = db.store().await;
+    let seq = crate::fixtures::new_upload(&store, "redo").await;
+    // Stored by its first delivery (its domain answered then).
+    let stored = crate::fixtures::accepted("redo", seq, 1, "ann@gone.test", None);
+    store
+        .apply_batch(&[stored.clone()])
+        .await
+        .expect("first delivery");
+    let fresh = crate::fixtures::accepted("redo", seq, 2, "bob@gone.test", None);
+    // gone.test is NXDOMAIN now.
+    let mut batch = vec![stored, fresh];
+    check.check(&mut batch, Some(&store)).await.expect("check");
+    assert!(matches!(
+        batch[0].verdict,
+        rowpipe_core::verdict::RowVerdict::Accept { .. }
+    ));
+    assert!(matches!(
+        batch[1].verdict,
+        rowpipe_core::verdict::RowVerdict::Reject { .. }
+    ));
+    let outcome = store.apply_batch(&batch).await.expect("redelivery");
+    assert_eq!((outcome.replayed, outcome.rejected), (1, 1));
+    let counts = store
+        .get_upload("redo")
+        .await
+        .expect("get")
+        .expect("exists")
+        .counts;
+    assert_eq!((counts.inserted, counts.rejected), (1, 1));
+    db.drop_db().await;
+}
+
+rowpipe_testkit::on_databases!(a_redelivered_stored_row_is_not_rejected_by_a_changed_answer: Sqlite, Postgres, MySql);
