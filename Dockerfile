@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # rowpipe container images. One builder stage compiles the whole workspace once;
 # three small runtime targets each carry one binary:
 #
@@ -15,6 +13,12 @@
 # `COPY --from=skeleton` layer and the dependency build after it stay cached
 # while only .rs sources change. BuildKit cache mounts additionally keep the
 # cargo registry between builds.
+#
+# No `# syntax=` line: BuildKit's built-in Dockerfile frontend has every feature
+# used here (RUN --mount=type=cache), and a syntax image would have to be pulled
+# from a registry. Both base images are build arguments, so the file builds
+# where no registry is reachable: scripts/build-images makes them locally
+# (debootstrap + docker import), builds the three targets and runs them.
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
