@@ -154,7 +154,6 @@ mod tests {
     fn entry(email: Option<&str>) -> StreamEntry {
         StreamEntry {
             upload_id: "u".into(),
-            upload_seq: Some(1),
             row_number: 9,
             body: EntryBody::Row(RowFields {
                 email: email.map(str::to_string),

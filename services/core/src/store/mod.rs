@@ -22,6 +22,8 @@
 //!   (`incomplete`, or an `interrupted` upload's settled counts).
 //! * [`leases`]: who is receiving an upload, how far it got, and marking
 //!   `interrupted` the uploads whose instance stopped renewing its lease.
+//! * [`unverified`]: stored rows whose mail domain DNS could not verify
+//!   (recorded in the batch's transaction; the `unverified` count and export).
 //! * [`batch`]: applying a batch of judged rows in one transaction: the
 //!   duplicate rule and the exactly-once effect (`batch/mod.rs`), its steps
 //!   on the ledgers and on contacts, how values are encoded
@@ -34,6 +36,7 @@ pub mod batch;
 mod dialect;
 mod error;
 pub mod leases;
+pub mod unverified;
 pub mod uploads;
 
 use std::str::FromStr;
