@@ -111,10 +111,16 @@ impl Worker {
                 return Ok(());
             }
             let Sorted {
-                pending,
+                mut pending,
                 unknown_upload,
                 undecodable,
             } = self.sort(delivered, &deliveries, &span);
+            // ROWPIPE_CHECK_MAIL_DOMAIN: the batch's domains, looked up per
+            // domain before the rows are stored (crate::mail_domain).
+            if let Some(check) = &self.mail_domains {
+                let redelivered = reclaimed.then_some(&self.store);
+                check.check(&mut pending.rows, redelivered).await?;
+            }
             if let (Some(first), Some(last)) = (pending.rows.first(), pending.rows.last()) {
                 span.record("rowpipe.upload_id", first.upload_id.as_str());
                 span.record("rowpipe.row_number_start", first.row_number);

@@ -103,6 +103,9 @@ pub struct Worker {
     reclaim_turns: Arc<ReclaimTurns>,
     /// Whether its database calls get answers (see [`call_watch`]).
     calls: Arc<call_watch::CallWatch>,
+    /// The deliverability check, shared by the process's workers; `None`
+    /// when `ROWPIPE_CHECK_MAIL_DOMAIN=off`.
+    mail_domains: Option<Arc<crate::mail_domain::MailDomains>>,
 }
 
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
@@ -136,7 +139,18 @@ impl Worker {
             seq_cache: HashMap::new(),
             reclaim_turns,
             calls: Arc::new(call_watch::CallWatch::new()),
+            mail_domains: None,
         })
+    }
+
+    /// Check the domains of this worker's batches with `check` (see
+    /// [`crate::mail_domain`]).
+    pub fn with_mail_domains(
+        mut self,
+        check: Option<Arc<crate::mail_domain::MailDomains>>,
+    ) -> Self {
+        self.mail_domains = check;
+        self
     }
 
     pub fn name(&self) -> &str {

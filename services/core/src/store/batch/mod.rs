@@ -327,6 +327,10 @@ impl Store {
         self.insert_ledger_rows(&mut tx, &sql::ACCEPTED_ROWS, &ledger_rows)
             .await?;
         outcome.replayed += replayed_winners.len() as u64;
+        // Stored rows whose mail domain DNS could not verify (unverified.rs).
+        let stored = fresh.iter().copied();
+        let stored = stored.filter(|r| !replayed_winners.contains(&(&*r.upload_id, r.row_number)));
+        self.record_unverified(&mut tx, stored, now).await?;
 
         // 5. Per-upload progress, last, into one of the upload's progress
         //    slots picked at random: concurrent batches of one upload rarely
