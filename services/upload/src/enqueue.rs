@@ -43,16 +43,20 @@ pub struct EnqueueConfig {
 /// a stable figure, few enough to stay a cheap call.
 const MEMORY_SAMPLES: u32 = 16;
 
-/// The stream's memory in Redis, estimated (0 when it does not exist).
-async fn stream_bytes(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<u64> {
-    let bytes: Option<u64> = redis::cmd("MEMORY")
+/// The stream's length and its memory in Redis (estimated), in one round
+/// trip; 0 and 0 when it does not exist.
+async fn measure(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<(u64, u64)> {
+    let (length, bytes): (u64, Option<u64>) = redis::pipe()
+        .cmd("XLEN")
+        .arg(stream)
+        .cmd("MEMORY")
         .arg("USAGE")
         .arg(stream)
         .arg("SAMPLES")
         .arg(MEMORY_SAMPLES)
         .query_async(con)
         .await?;
-    Ok(bytes.unwrap_or(0))
+    Ok((length, bytes.unwrap_or(0)))
 }
 
 /// The ids Redis gave the first and the last entry of one pipeline.
@@ -118,17 +122,19 @@ impl Enqueuer {
         let started = Instant::now();
         let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
         loop {
-            let backlog =
-                stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
-            let mut length = backlog.length;
-            let mut bytes = stream_bytes(&mut self.con, &self.config.stream).await?;
-            let full = length + incoming > max || bytes + incoming_bytes > max_bytes;
-            if full && length > backlog.unacknowledged() {
-                let trimmed = stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
-                if trimmed > 0 {
-                    metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
-                    length = length.saturating_sub(trimmed);
-                    bytes = stream_bytes(&mut self.con, &self.config.stream).await?;
+            let (mut length, mut bytes) = measure(&mut self.con, &self.config.stream).await?;
+            if length + incoming > max || bytes + incoming_bytes > max_bytes {
+                // Full: what every group acknowledged goes first (the group's
+                // backlog is read only now, it costs round trips).
+                let backlog =
+                    stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
+                if backlog.length > backlog.unacknowledged() {
+                    let trimmed =
+                        stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
+                    if trimmed > 0 {
+                        metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
+                        (length, bytes) = measure(&mut self.con, &self.config.stream).await?;
+                    }
                 }
             }
             // An empty stream takes any one pipeline, however large its rows.
