@@ -448,6 +448,14 @@ fn print_outcome(s: &Value) {
     if c["missing"].as_i64().unwrap_or(0) > 0 {
         println!("missing     {}  rows {}", c["missing"], s["missing_rows"]);
     }
+    // Stored, but their domain's DNS lookup failed (ROWPIPE_CHECK_MAIL_DOMAIN).
+    if c["unverified"].as_i64().unwrap_or(0) > 0 {
+        println!(
+            "unverified  {}  (stored; GET {})",
+            c["unverified"],
+            s["links"]["unverified"].as_str().unwrap_or("")
+        );
+    }
     if let Some(reasons) = c["rejected_by_reason"].as_object() {
         for (reason, n) in reasons {
             println!("  {reason:<22} {n}");

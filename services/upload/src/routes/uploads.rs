@@ -35,6 +35,7 @@ pub fn upload_json(record: &UploadRecord) -> Value {
         "self": format!("/v1/uploads/{}", record.upload_id),
         "rejects": format!("/v1/uploads/{}/rejects", record.upload_id),
         "duplicates": format!("/v1/uploads/{}/duplicates", record.upload_id),
+        "unverified": format!("/v1/uploads/{}/unverified", record.upload_id),
     });
     v
 }
