@@ -33,11 +33,8 @@ pub async fn sweep(store: &Store) -> Result<Vec<String>, StoreError> {
 /// The completion's metrics and log line, once per upload.
 async fn announce(store: &Store, upload: &str) {
     metrics::counter!("rowpipe_uploads_total", "status" => "completed").increment(1);
+    // The row counters move per batch (see `worker::batch`), not here.
     if let Ok(Some(rec)) = store.get_upload(upload).await {
-        metrics::counter!("rowpipe_consumer_rows_inserted_total")
-            .increment(rec.counts.inserted as u64);
-        metrics::counter!("rowpipe_consumer_rows_duplicate_total")
-            .increment(rec.counts.duplicates as u64);
         tracing::info!(
             upload_id = %upload,
             read = rec.counts.read,

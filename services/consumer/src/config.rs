@@ -61,10 +61,18 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
 
-    /// Deliveries after which a failing entry goes to the dead-letter stream
-    /// and the reject ledger (`processing_failed`).
+    /// Deliveries after which a row the database refuses on its own (a
+    /// constraint, a value; alone, not in a batch) goes to the dead-letter
+    /// stream and the reject ledger (`processing_failed`), and an entry
+    /// whose upload has no record goes to the dead-letter stream. A database
+    /// outage counts no delivery: it is waited out.
     #[arg(long, env = "ROWPIPE_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: usize,
+
+    /// About how many letters the dead-letter stream keeps (oldest trimmed
+    /// first). Every dead-lettered row stays in its upload's reject ledger.
+    #[arg(long, env = "ROWPIPE_DEAD_LETTER_MAX_LEN", default_value_t = 100_000)]
+    pub dead_letter_max_len: usize,
 
     /// Seconds to finish the batch in hand after SIGTERM before exiting
     /// (keep it below Kubernetes' terminationGracePeriodSeconds).

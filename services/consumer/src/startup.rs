@@ -144,6 +144,7 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
             "ready": ready,
             "redis": health.redis_ok.load(std::sync::atomic::Ordering::Relaxed),
             "database": health.db_ok.load(std::sync::atomic::Ordering::Relaxed),
+            "database_error": health.database_error(),
         })),
     )
 }

@@ -104,6 +104,14 @@ impl DatabaseConfig {
             .then(|| std::time::Duration::from_millis(self.db_statement_timeout_ms))
     }
 
+    /// How long a call may go unanswered before its caller counts itself
+    /// cut off from the database: past the statement timeout, by which the
+    /// server would have answered, if only with an error.
+    pub fn unanswered_after(&self) -> Option<std::time::Duration> {
+        self.statement_timeout()
+            .map(|t| t + std::time::Duration::from_secs(5))
+    }
+
     /// How long one call to the database may take in all before the caller
     /// abandons it (see [`crate::store::Store::call`]): longer than the
     /// server's own timeout, which should end it first, and than the wait

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
 use rowpipe_core::shutdown::Shutdown;
-use rowpipe_core::store::BatchOutcome;
+use rowpipe_core::store::{BatchOutcome, StoreError};
 use rowpipe_core::stream::{RawEntry, StreamEntry};
 use rowpipe_core::verdict::judge;
 use tracing::Instrument;
@@ -100,10 +100,13 @@ impl Worker {
         // `claim_idle`: a renewal can fail or come late and the next one
         // still lands before the batch is idle long enough to be taken over.
         let held: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
-        let (calls, claim_idle) = (self.calls.clone(), self.config.claim_idle());
-        let keep_claimed = self.group.keep_claimed(held, claim_idle / 3, move || {
-            !calls.stuck_longer_than(claim_idle)
-        });
+        let calls = self.calls.clone();
+        let unanswered_after = self.config.database.unanswered_after();
+        let keep_claimed = self
+            .group
+            .keep_claimed(held, self.config.claim_idle() / 3, move || {
+                unanswered_after.is_none_or(|limit| !calls.stuck_longer_than(limit))
+            });
         let work = async {
             if !self.resolve_seqs(&delivered, shutdown).await? {
                 // Shutting down with the database away: leave it all pending.
@@ -222,6 +225,13 @@ impl Worker {
         span.record("rowpipe.rows_rejected", outcome.rejected);
         metrics::counter!("rowpipe_consumer_rows_processed_total")
             .increment(outcome.accepted + outcome.rejected);
+        // Per batch, so rates move while an upload is in progress. A row that
+        // displaces a stored one is inserted and the displaced one becomes a
+        // duplicate, so over an upload these add up to its final counts.
+        let stored = outcome.inserted.saturating_sub(outcome.displaced);
+        metrics::counter!("rowpipe_consumer_rows_inserted_total").increment(stored);
+        metrics::counter!("rowpipe_consumer_rows_duplicate_total")
+            .increment(outcome.accepted.saturating_sub(stored));
         if outcome.reruns > 0 {
             metrics::counter!("rowpipe_consumer_batch_reruns_total").increment(outcome.reruns);
         }
@@ -235,7 +245,8 @@ impl Worker {
                 .store
                 .call(crate::completion::check(&self.store, upload))
                 .await;
-            self.calls.end();
+            self.calls
+                .end(checked.as_ref().err().is_none_or(StoreError::was_answered));
             match checked {
                 Ok(true) => report.completed_uploads.push(upload.clone()),
                 Ok(false) => {}

@@ -229,8 +229,9 @@ impl Worker {
     }
 
     /// One turn's scan, from `start`, for entries left pending by consumers
-    /// that died (see [`crate::reclaim`]); entries delivered too often go
-    /// straight to the dead-letter stream.
+    /// that died (see [`crate::reclaim`]); entries delivered more than
+    /// `max_deliveries` times are then stored one at a time (see
+    /// [`bisect`]).
     async fn reclaim(&mut self, start: &str) -> redis::RedisResult<Vec<Delivered>> {
         let batch_size = self.config.batch_size;
         let reclaimed = self
@@ -289,7 +290,7 @@ impl Worker {
 
     /// Whether the database answers, marking it ready if so. A turn that
     /// went well need not have touched it (nothing arrived), so it is asked;
-    /// a batch's commit marks it ready as well (see [`retry`]).
+    /// a batch's commit marks it ready as well (see [`outage`]).
     async fn database_answers(&self) -> bool {
         let answers = self.store.ping().await.is_ok();
         if answers {

@@ -99,7 +99,8 @@ impl Worker {
             let started = Instant::now();
             self.calls.begin();
             let result = self.store.call(call()).await;
-            self.calls.end();
+            self.calls
+                .end(result.as_ref().err().is_none_or(StoreError::was_answered));
             let error = match result {
                 Ok(value) => {
                     if backoff.in_outage() {
@@ -120,6 +121,10 @@ impl Worker {
             if fault != Fault::Outage {
                 return Err(error);
             }
+            // Time spent in the failing call is outage time too (a lock
+            // timeout, a call deadline).
+            metrics::histogram!("rowpipe_consumer_outage_wait_seconds", "dependency" => "database")
+                .record(started.elapsed().as_secs_f64());
             // The outage began when the call that met it did: a call that
             // hung until its deadline is a long outage already.
             if backoff.outage_started_at(started).elapsed() >= NOT_READY_AFTER {

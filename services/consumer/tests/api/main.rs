@@ -5,6 +5,7 @@
 //! module per concern.
 
 mod accounting;
+mod db_faults;
 mod delivery;
 mod fixtures;
 mod hostile_input;

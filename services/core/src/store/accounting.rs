@@ -13,8 +13,9 @@
 //! not hold.
 
 use futures::TryStreamExt;
+use sqlx::Executor;
 
-use super::{Store, StoreError, UploadStatus};
+use super::{Dialect, Store, StoreError, UploadStatus};
 use crate::now_ms;
 
 /// A set of row numbers (each at least 1), one bit per row: an upload of
@@ -121,7 +122,25 @@ const LEDGERS: [&str; 3] = ["contacts", "accepted_rows", "rejected_rows"];
 impl Store {
     /// The row numbers of `upload_id` that some ledger holds. Each ledger's
     /// rows are streamed from the database, never gathered into one reply.
+    ///
+    /// A large upload's scan can outlast the sessions' statement timeout
+    /// (`contacts` has no index on the upload), so it runs on a connection
+    /// of its own without one, closed afterwards rather than handed back
+    /// to the pool with that setting.
     pub async fn accounted_rows(&self, upload_id: &str) -> Result<RowSet, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let unbounded = match self.dialect {
+            Dialect::Postgres => Some("SET statement_timeout = 0"),
+            Dialect::MySql => Some("SET SESSION max_statement_time = 0"),
+            Dialect::Sqlite => None,
+        };
+        if let Some(sql) = unbounded
+            && let Err(e) = conn.execute(sql).await
+        {
+            // MySQL has no max_statement_time (and no statement timeout
+            // for it to lift).
+            tracing::debug!(error = %e, "statement timeout not lifted for the accounting scan");
+        }
         let mut set = RowSet::new();
         for table in LEDGERS {
             let sql = self.q(&format!(
@@ -129,10 +148,13 @@ impl Store {
             ));
             let mut rows = sqlx::query_scalar::<_, i64>(sql)
                 .bind(upload_id)
-                .fetch(&self.pool);
+                .fetch(&mut *conn);
             while let Some(row) = rows.try_next().await? {
                 set.insert(row);
             }
+        }
+        if unbounded.is_some() {
+            let _ = conn.close().await;
         }
         Ok(set)
     }

@@ -76,6 +76,15 @@ impl StoreError {
         !(code.starts_with("40") || code == "55P03" || code == "57014")
     }
 
+    /// The database answered the call, if only with an error: not a call
+    /// that ran out its deadline or found no connection in time.
+    pub fn was_answered(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::CallTimedOut(_) | StoreError::Sqlx(sqlx::Error::PoolTimedOut)
+        )
+    }
+
     /// True for errors that say nothing about the data: the database is
     /// unreachable, refuses this client, is read-only, out of resources,
     /// timed out, or a transaction lost a deadlock. Retrying the same work
@@ -166,6 +175,15 @@ fn fault_of_database_error(db: &dyn DatabaseError) -> Fault {
     if db.try_downcast_ref::<SqliteError>().is_some() {
         // The extended result code, as a number.
         let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
+        // SQLite gives a missing table or column no code of its own
+        // (SQLITE_ERROR, like a function's error): its message, fixed in
+        // SQLite's source, is the only sign of a schema moved under us.
+        let message = db.message();
+        if code & 0xff == 1
+            && (message.starts_with("no such table") || message.starts_with("no such column"))
+        {
+            return Fault::Outage;
+        }
         return sqlite_fault(code);
     }
     postgres_fault(db.code().as_deref().unwrap_or(""))
@@ -174,6 +192,11 @@ fn fault_of_database_error(db: &dyn DatabaseError) -> Fault {
 /// PostgreSQL, by SQLSTATE class (the first two characters; appendix A of
 /// its manual).
 fn postgres_fault(sqlstate: &str) -> Fault {
+    // A deferred constraint that fails at commit: about a row, in the
+    // transaction-rollback class.
+    if sqlstate == "40002" {
+        return Fault::Row;
+    }
     match sqlstate.get(..2).unwrap_or("") {
         // Data exception, integrity constraint violation, cardinality,
         // triggered data change, an exception raised by a trigger or a
@@ -219,6 +242,11 @@ mod mysql_errors {
     pub const ER_STATEMENT_TIMEOUT: u16 = 1969;
     pub const ER_QUERY_TIMEOUT: u16 = 3024;
     pub const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
+    /// InnoDB is read-only; the storage engine failed (errno 28: disk
+    /// full); too many concurrent transactions.
+    pub const ER_INNODB_READ_ONLY: u16 = 1874;
+    pub const ER_GET_ERRNO: u16 = 1030;
+    pub const ER_TOO_MANY_CONCURRENT_TRXS: u16 = 1637;
     /// A commit or rollback failed; too many connections.
     pub const ER_ERROR_DURING_COMMIT: u16 = 1180;
     pub const ER_ERROR_DURING_ROLLBACK: u16 = 1181;
@@ -231,6 +259,10 @@ mod mysql_errors {
     pub const ER_CHECK_CONSTRAINT_VIOLATED: u16 = 3819;
     pub const ER_CONSTRAINT_FAILED: u16 = 4025;
     pub const ER_SIGNAL_EXCEPTION: u16 = 1644;
+    /// A statement larger than `max_allowed_packet`: a batch too big (the
+    /// split makes it smaller) or, alone, a row too big. SQLSTATE 08S01
+    /// would call it a connection error.
+    pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
 }
 
 /// MySQL/MariaDB: the error number first, then the SQLSTATE class.
@@ -254,12 +286,16 @@ fn mysql_fault(number: u16, sqlstate: Option<&str>) -> Fault {
         | ER_CLIENT_INTERACTION_TIMEOUT
         | ER_ERROR_DURING_COMMIT
         | ER_ERROR_DURING_ROLLBACK
-        | ER_CON_COUNT_ERROR => return Fault::Outage,
+        | ER_CON_COUNT_ERROR
+        | ER_INNODB_READ_ONLY
+        | ER_GET_ERRNO
+        | ER_TOO_MANY_CONCURRENT_TRXS => return Fault::Outage,
         ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
         | ER_WARN_DATA_OUT_OF_RANGE
         | ER_CHECK_CONSTRAINT_VIOLATED
         | ER_CONSTRAINT_FAILED
-        | ER_SIGNAL_EXCEPTION => return Fault::Row,
+        | ER_SIGNAL_EXCEPTION
+        | ER_NET_PACKET_TOO_LARGE => return Fault::Row,
         _ => {}
     }
     match sqlstate.and_then(|s| s.get(..2)).unwrap_or("") {
@@ -342,6 +378,11 @@ mod tests {
             .unwrap_err();
         assert!(!is_transient_sqlx(&duplicate), "{duplicate}");
         assert_eq!(fault_of_sqlx(&duplicate), Fault::Row, "{duplicate}");
+        let missing = holder
+            .execute("INSERT INTO nowhere VALUES (1)")
+            .await
+            .unwrap_err();
+        assert_eq!(fault_of_sqlx(&missing), Fault::Outage, "{missing}");
 
         drop((holder, waiter));
         let _ = std::fs::remove_file(&path);
@@ -363,7 +404,7 @@ mod tests {
         ] {
             assert_eq!(postgres_fault(outage), Fault::Outage, "{outage}");
         }
-        for row in ["23505", "23514", "22001", "22P02", "P0001", "54000"] {
+        for row in ["23505", "23514", "22001", "22P02", "P0001", "54000", "40002"] {
             assert_eq!(postgres_fault(row), Fault::Row, "{row}");
         }
         assert_eq!(postgres_fault(""), Fault::Unknown);
@@ -384,6 +425,9 @@ mod tests {
         assert_eq!(mysql_fault(1644, Some("45000")), Fault::Row);
         assert_eq!(mysql_fault(1062, Some("23000")), Fault::Row);
         assert_eq!(mysql_fault(1406, Some("22001")), Fault::Row);
+        // Too big a statement: split, not waited out.
+        assert_eq!(mysql_fault(1153, Some("08S01")), Fault::Row);
+        assert_eq!(mysql_fault(1874, hy()), Fault::Outage);
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl ConsumerGroup {
                 if !still_working() {
                     tracing::warn!(
                         entries = ids.len(),
-                        "a call on the batch in hand has had no answer for longer than the claim idle time; the claim is no longer renewed, so other consumers can take the batch over"
+                        "a call on the batch in hand has had no answer past the statement timeout; the claim is no longer renewed, so other consumers can take the batch over"
                     );
                     continue;
                 }

@@ -74,12 +74,20 @@ impl Store {
         upload: &str,
         row_number: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(self.q(sql::FORGET_FAILED_ROW))
+        let removed = sqlx::query(self.q(sql::FORGET_FAILED_ROW))
             .bind(upload)
             .bind(row_number)
             .bind(RejectReason::ProcessingFailed.code())
             .execute(&mut **tx)
-            .await?;
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            // Another consumer stored a copy of this row (a replay written
+            // twice) since step 1 looked: run the batch again, to find it.
+            return Err(StoreError::ConcurrentDelivery(sqlx::Error::Protocol(format!(
+                "the processing_failed record of row {row_number} of upload {upload} was removed by another consumer"
+            ))));
+        }
         Ok(())
     }
 
