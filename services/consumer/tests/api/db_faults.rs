@@ -461,4 +461,4 @@ async fn an_entry_cannot_choose_its_upload_sequence(backend: Backend) {
     app.cleanup().await;
 }
 
-rowpipe_testkit::on_databases!(an_entry_cannot_choose_its_upload_sequence: Postgres, Sqlite);
+rowpipe_testkit::on_databases!(an_entry_cannot_choose_its_upload_sequence: Postgres, MySql, Sqlite);

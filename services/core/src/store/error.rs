@@ -56,7 +56,12 @@ impl StoreError {
             return false;
         }
         let StoreError::Sqlx(sqlx::Error::Database(db)) = self else {
-            return !matches!(self, StoreError::ConcurrentDelivery(_));
+            // No free connection in time says the pool is busy (lock waits
+            // hold its connections), not that they are broken.
+            return !matches!(
+                self,
+                StoreError::ConcurrentDelivery(_) | StoreError::Sqlx(sqlx::Error::PoolTimedOut)
+            );
         };
         if let Some(e) = db.try_downcast_ref::<MySqlDatabaseError>() {
             use mysql_errors::*;

@@ -55,7 +55,8 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
         .tcp_settings()
         .clone()
         .set_nodelay(true)
-        .set_keepalive(keepalive());
+        .set_keepalive(keepalive())
+        .set_user_timeout(USER_TIMEOUT);
     redis::Client::open(info.set_tcp_settings(tcp))
 }
 
@@ -64,6 +65,11 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
 /// flow) is noticed within about a minute (30 s idle, then 3 probes 10 s
 /// apart) instead of the system default of two hours, so a blocked read or
 /// a pending reply fails and the connection is made again.
+/// How long data sent may go unacknowledged by the peer before the
+/// connection is dropped (`TCP_USER_TIMEOUT`): keepalive covers an idle
+/// connection, this one a request sent into a path that went dark.
+pub(crate) const USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(crate) fn keepalive() -> redis::io::tcp::socket2::TcpKeepalive {
     redis::io::tcp::socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))

@@ -224,7 +224,9 @@ impl RawReader {
                 .await
                 .map_err(|_| ReadError::Timeout(CONNECT_TIMEOUT))??;
             tcp.set_nodelay(true)?;
-            redis::io::tcp::socket2::SockRef::from(&tcp).set_tcp_keepalive(&super::keepalive())?;
+            let socket = redis::io::tcp::socket2::SockRef::from(&tcp);
+            socket.set_tcp_keepalive(&super::keepalive())?;
+            socket.set_tcp_user_timeout(Some(super::USER_TIMEOUT))?;
             let mut conn = BufStream::with_capacity(256 * 1024, 8 * 1024, tcp);
             let mut handshake: Vec<Vec<&str>> = Vec::new();
             let db = self.db.to_string();

@@ -201,7 +201,13 @@ pub async fn connect_tcp<Ws: WithSocket>(
             .with_time(std::time::Duration::from_secs(30))
             .with_interval(std::time::Duration::from_secs(10))
             .with_retries(3);
-        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        let socket = socket2::SockRef::from(&stream);
+        socket.set_tcp_keepalive(&keepalive)?;
+        // And a request sent into a path that went dark fails after 60 s
+        // unacknowledged (TCP_USER_TIMEOUT), instead of ~15 minutes of
+        // retransmissions.
+        #[cfg(target_os = "linux")]
+        socket.set_tcp_user_timeout(Some(std::time::Duration::from_secs(60)))?;
         return Ok(with_socket.with_socket(stream).await);
     }
 
