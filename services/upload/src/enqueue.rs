@@ -121,22 +121,25 @@ impl Enqueuer {
         let mut waited = false;
         let started = Instant::now();
         let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
+        let mut failures = 0;
         loop {
-            let (mut length, mut bytes) = measure(&mut self.con, &self.config.stream).await?;
-            if length + incoming > max || bytes + incoming_bytes > max_bytes {
-                // Full: what every group acknowledged goes first (the group's
-                // backlog is read only now, it costs round trips).
-                let backlog =
-                    stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
-                if backlog.length > backlog.unacknowledged() {
-                    let trimmed =
-                        stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
-                    if trimmed > 0 {
-                        metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
-                        (length, bytes) = measure(&mut self.con, &self.config.stream).await?;
+            // A Redis that restarts or fails over is retried as the write
+            // itself is (see `write`), not taken for the end of the upload.
+            let (length, bytes) = match self.measure_with_trim(incoming, incoming_bytes).await {
+                Ok(measured) => measured,
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!("rowpipe_redis_errors_total", "program" => "upload")
+                        .increment(1);
+                    if failures >= WRITE_ATTEMPTS || shutdown.is_requested() {
+                        return Err(e.into());
                     }
+                    tracing::warn!(error = %e, attempt = failures, "measuring the backlog failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(failures.min(5)))
+                        .await;
+                    continue;
                 }
-            }
+            };
             // An empty stream takes any one pipeline, however large its rows.
             let room =
                 length == 0 || (length + incoming <= max && bytes + incoming_bytes <= max_bytes);
@@ -164,6 +167,32 @@ impl Enqueuer {
             }
             delay = (delay * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// The stream's length and bytes, after trimming what every group
+    /// acknowledged if `incoming` more would not fit.
+    async fn measure_with_trim(
+        &mut self,
+        incoming: u64,
+        incoming_bytes: u64,
+    ) -> redis::RedisResult<(u64, u64)> {
+        let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
+        let (length, bytes) = measure(&mut self.con, &self.config.stream).await?;
+        if length + incoming <= max && bytes + incoming_bytes <= max_bytes {
+            return Ok((length, bytes));
+        }
+        // Full: what every group acknowledged goes first (the group's
+        // backlog is read only now, it costs round trips).
+        let backlog =
+            stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
+        if backlog.length > backlog.unacknowledged() {
+            let trimmed = stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
+            if trimmed > 0 {
+                metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
+                return measure(&mut self.con, &self.config.stream).await;
+            }
+        }
+        Ok((length, bytes))
     }
 
     /// Write one batch in one pipeline, under a producer span; returns the
