@@ -392,7 +392,7 @@ async fn a_redelivered_stored_row_is_not_rejected_by_a_changed_answer(backend: B
     // Stored by its first delivery (its domain answered then).
     let stored = crate::fixtures::accepted("redo", seq, 1, "ann@gone.test", None);
     store
-        .apply_batch(&[stored.clone()])
+        .apply_batch(std::slice::from_ref(&stored))
         .await
         .expect("first delivery");
     let fresh = crate::fixtures::accepted("redo", seq, 2, "bob@gone.test", None);
