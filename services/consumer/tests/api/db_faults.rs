@@ -15,8 +15,33 @@ use rowpipe_testkit::{
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::CONSUMER_BIN;
-use crate::delivery::{dead_letters, poison_trigger};
 use crate::in_process::InProcessWorker;
+
+/// Entries in the app's dead-letter stream.
+pub(crate) async fn dead_letters(app: &TestApp) -> u64 {
+    let mut con = app.redis.clone();
+    redis::cmd("XLEN")
+        .arg(format!("{}:dead", app.stream))
+        .query_async(&mut con)
+        .await
+        .expect("XLEN")
+}
+
+/// A trigger that makes the insert of one email fail, in each dialect.
+fn poison_trigger(backend: Backend) -> Vec<&'static str> {
+    match backend {
+        Backend::Postgres => vec![
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+        Backend::MySql => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW BEGIN IF NEW.email = 'poison@example.com' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF; END",
+        ],
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON contacts WHEN NEW.email = 'poison@example.com' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        ],
+    }
+}
 
 /// Rows the upload has processed so far.
 async fn processed(app: &TestApp, id: &str) -> i64 {

@@ -14,6 +14,7 @@ use rowpipe_testkit::{
 };
 
 use crate::CONSUMER_BIN;
+use crate::db_faults::dead_letters;
 use crate::in_process::InProcessWorker;
 
 /// Upload `a`, and `b` as soon as `a` has been accepted (so they overlap).
@@ -213,78 +214,6 @@ async fn sigterm_drains_and_exits_zero_within_the_grace_period(backend: Backend)
 }
 
 rowpipe_testkit::on_databases!(sigterm_drains_and_exits_zero_within_the_grace_period: Postgres, Sqlite);
-
-/// Entries in the app's dead-letter stream.
-pub(crate) async fn dead_letters(app: &TestApp) -> u64 {
-    let mut con = app.redis.clone();
-    redis::cmd("XLEN")
-        .arg(format!("{}:dead", app.stream))
-        .query_async(&mut con)
-        .await
-        .expect("XLEN")
-}
-
-/// A trigger that makes the insert of one email fail, in each dialect.
-pub(crate) fn poison_trigger(backend: Backend) -> Vec<&'static str> {
-    match backend {
-        Backend::Postgres => vec![
-            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION poison()",
-        ],
-        Backend::MySql => vec![
-            "CREATE TRIGGER poison BEFORE INSERT ON contacts FOR EACH ROW BEGIN IF NEW.email = 'poison@example.com' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF; END",
-        ],
-        Backend::Sqlite => vec![
-            "CREATE TRIGGER poison BEFORE INSERT ON contacts WHEN NEW.email = 'poison@example.com' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
-        ],
-    }
-}
-
-async fn a_poison_entry_is_dead_lettered_while_its_batch_goes_in(backend: Backend) {
-    let app = spawn_app(backend).await;
-    for sql in poison_trigger(backend) {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(app.store.pool())
-            .await
-            .expect("create trigger");
-    }
-    let mut csv = String::from("name,email\n");
-    for i in 1..=200 {
-        if i == 57 {
-            csv.push_str("Poison,poison@example.com\n");
-        } else {
-            csv.push_str(&format!("P{i},p{i}@example.com\n"));
-        }
-    }
-    let id = app.upload_ok(csv.into_bytes()).await;
-    // One worker: the batch fails, its rows go in one at a time, and the
-    // poison entry is taken over again until its third delivery fails too.
-    let settings = ["--max-deliveries", "3", "--claim-idle-ms", "300"];
-    let mut worker = InProcessWorker::start(&app, &settings).await;
-    worker
-        .run_until_completed(&id, Duration::from_secs(120))
-        .await;
-    let status = app.wait_completed(&id, Duration::from_secs(5)).await;
-    assert_eq!(status["counts"]["inserted"], 199, "{status}");
-    assert_eq!(status["counts"]["rejected"], 1);
-    assert_eq!(
-        status["counts"]["rejected_by_reason"]["processing_failed"],
-        1
-    );
-    assert_eq!(
-        dead_letters(&app).await,
-        1,
-        "one entry in the dead-letter stream"
-    );
-    let rejects = app.get_text(&format!("/v1/uploads/{id}/rejects")).await;
-    let line = rejects.lines().nth(1).unwrap_or("");
-    assert!(line.starts_with("57,processing_failed,"), "{rejects}");
-    assert!(line.contains("poisoned row"), "{line}");
-    assert_eq!(app.pending().await, 0);
-    app.cleanup().await;
-}
-
-rowpipe_testkit::on_databases!(a_poison_entry_is_dead_lettered_while_its_batch_goes_in: Sqlite, Postgres, MySql);
 
 async fn a_database_outage_acknowledges_nothing_and_recovers(backend: Backend) {
     let file = generate_contacts(40_000, 15, 2, 31);

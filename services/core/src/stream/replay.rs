@@ -83,6 +83,43 @@ impl Selection {
     }
 }
 
+/// Reads a dead-letter stream a page at a time, oldest first.
+struct Pages<'a> {
+    dead_stream: &'a str,
+    /// Where the next page starts: `-`, then just past the last letter read.
+    start: String,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    fn new(dead_stream: &'a str) -> Self {
+        Self {
+            dead_stream,
+            start: "-".to_string(),
+            done: false,
+        }
+    }
+
+    /// The next page's letters; empty once the stream is read.
+    async fn next(&mut self, con: &mut ConnectionManager) -> RedisResult<Vec<Letter>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let page = con
+            .xrange_count(self.dead_stream, &self.start, "+", PAGE)
+            .await?;
+        self.done = page.ids.len() < PAGE;
+        if let Some(last) = page.ids.last() {
+            self.start = format!("({}", last.id);
+        }
+        Ok(page
+            .ids
+            .into_iter()
+            .map(|e| Letter::from_map(e.id, &e.map))
+            .collect())
+    }
+}
+
 /// Call `visit` with each selected letter of `dead_stream`, oldest first.
 /// Returns how many were visited.
 pub async fn list(
@@ -92,23 +129,15 @@ pub async fn list(
     mut visit: impl FnMut(&Letter),
 ) -> RedisResult<usize> {
     let mut visited = 0;
-    let mut start = "-".to_string();
+    let mut pages = Pages::new(dead_stream);
     loop {
-        let page = con.xrange_count(dead_stream, &start, "+", PAGE).await?;
-        let Some(last) = page.ids.last() else {
+        let letters = pages.next(con).await?;
+        if letters.is_empty() {
             return Ok(visited);
-        };
-        start = format!("({}", last.id);
-        let full = page.ids.len() == PAGE;
-        for e in page.ids {
-            let letter = Letter::from_map(e.id, &e.map);
-            if selection.matches(&letter) {
-                visit(&letter);
-                visited += 1;
-            }
         }
-        if !full {
-            return Ok(visited);
+        for letter in letters.iter().filter(|l| selection.matches(l)) {
+            visit(letter);
+            visited += 1;
         }
     }
 }
@@ -134,19 +163,13 @@ pub async fn replay(
     mut progress: impl FnMut(&ReplayReport),
 ) -> RedisResult<ReplayReport> {
     let mut report = ReplayReport::default();
-    let mut start = "-".to_string();
+    let mut pages = Pages::new(dead_stream);
     loop {
-        let page = con.xrange_count(dead_stream, &start, "+", PAGE).await?;
-        let Some(last) = page.ids.last() else {
+        let letters = pages.next(con).await?;
+        if letters.is_empty() {
             return Ok(report);
-        };
-        start = format!("({}", last.id);
-        let full = page.ids.len() == PAGE;
-        for e in page.ids {
-            let letter = Letter::from_map(e.id, &e.map);
-            if !selection.matches(&letter) {
-                continue;
-            }
+        }
+        for letter in letters.iter().filter(|l| selection.matches(l)) {
             let Some(entry) = &letter.entry else {
                 report.not_replayable += 1;
                 continue;
@@ -156,8 +179,5 @@ pub async fn replay(
             report.replayed += 1;
         }
         progress(&report);
-        if !full {
-            return Ok(report);
-        }
     }
 }
