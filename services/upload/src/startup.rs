@@ -116,6 +116,12 @@ impl Application {
         self.port
     }
 
+    /// The service's routes with their state, to call without a socket
+    /// (the HTTP intake fuzz target).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     /// The bound probe and metrics port, when `ROWPIPE_METRICS_LISTEN` is set.
     pub fn metrics_port(&self) -> Option<u16> {
         let (listener, _) = self.metrics.as_ref()?;
