@@ -167,6 +167,27 @@ impl TestApp {
             .expect("POST /v1/uploads")
     }
 
+    /// POST a multipart body whose `file` part is `bytes`, named `file_name`
+    /// and labelled `mime`.
+    pub async fn upload_part(
+        &self,
+        file_name: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(file_name.to_string())
+            .mime_str(mime)
+            .expect("a valid media type");
+        self.client
+            .post(format!("{}/v1/uploads", self.address))
+            .bearer_auth(TOKEN)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("POST /v1/uploads")
+    }
+
     /// POST a raw CSV body under an `Idempotency-Key`.
     pub async fn upload_csv_keyed(&self, key: &str, body: Vec<u8>) -> reqwest::Response {
         self.client

@@ -92,3 +92,17 @@ pub fn generate_contacts(
         emails: all,
     }
 }
+
+/// A `name,email` file of `rows` data rows whose row `open_at` opens a
+/// quote it never closes (the rest are plain `Person N,pN@example.com`).
+pub fn file_with_an_unclosed_quote(rows: usize, open_at: usize) -> Vec<u8> {
+    let mut f = String::from("name,email\n");
+    for r in 1..=rows {
+        if r == open_at {
+            f.push_str(&format!("\"Unclosed {r},u{r}@example.com\n"));
+        } else {
+            f.push_str(&format!("Person {r},p{r}@example.com\n"));
+        }
+    }
+    f.into_bytes()
+}

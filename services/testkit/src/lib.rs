@@ -44,7 +44,7 @@ pub mod upload_process;
 pub use app::{AppOptions, TOKEN, TestApp, spawn_app, spawn_app_with};
 pub use assertions::{acknowledged, assert_every_row_counted_once, eventually};
 pub use consumer::ConsumerProcess;
-pub use data::{Generated, generate_contacts};
+pub use data::{Generated, file_with_an_unclosed_quote, generate_contacts};
 pub use db::{Backend, TestDb};
 pub use dns::{TestDns, Zone};
 pub use faults::proxy::ToggleProxy;

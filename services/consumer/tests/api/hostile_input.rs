@@ -4,23 +4,12 @@
 
 use std::time::Duration;
 
-use rowpipe_testkit::{Backend, assert_every_row_counted_once, spawn_app};
+use rowpipe_testkit::{
+    Backend, assert_every_row_counted_once, file_with_an_unclosed_quote, spawn_app,
+};
 use serde_json::Value;
 
 use crate::CONSUMER_BIN;
-
-/// A header, then `rows` data rows; row `open_at` opens a quote it never closes.
-fn file_with_an_unclosed_quote(rows: usize, open_at: usize) -> Vec<u8> {
-    let mut f = String::from("name,email\n");
-    for r in 1..=rows {
-        if r == open_at {
-            f.push_str(&format!("\"Unclosed {r},u{r}@example.com\n"));
-        } else {
-            f.push_str(&format!("Person {r},p{r}@example.com\n"));
-        }
-    }
-    f.into_bytes()
-}
 
 async fn upload_id(resp: reqwest::Response) -> String {
     let status = resp.status().as_u16();

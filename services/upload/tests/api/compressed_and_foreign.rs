@@ -48,21 +48,7 @@ async fn post(app: &TestApp, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, V
 }
 
 async fn post_part(app: &TestApp, name: &str, mime: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes)
-            .file_name(name.to_string())
-            .mime_str(mime)
-            .expect("mime"),
-    );
-    let resp = app
-        .client
-        .post(format!("{}/v1/uploads", app.address))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .expect("POST");
+    let resp = app.upload_part(name, mime, bytes).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("json"))
 }

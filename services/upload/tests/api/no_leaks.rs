@@ -44,21 +44,13 @@ async fn control_characters_in_what_the_client_names_are_stored_fit_for_the_data
 
     // A multipart file name with control characters: refused as a
     // malformed part header (400) or stored cleaned, never a 5xx.
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(b"email\nb@example.com\n".to_vec())
-            .file_name("tab\there\u{7f}.csv")
-            .mime_str("text/csv")
-            .expect("mime"),
-    );
     let resp = app
-        .client
-        .post(format!("{}/v1/uploads", app.address))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .expect("POST");
+        .upload_part(
+            "tab\there\u{7f}.csv",
+            "text/csv",
+            b"email\nb@example.com\n".to_vec(),
+        )
+        .await;
     assert!(
         matches!(resp.status().as_u16(), 202 | 400),
         "{}",

@@ -3,20 +3,8 @@
 //! whatever the chunking of the body.
 
 use rowpipe_core::stream::EntryBody;
+use rowpipe_testkit::file_with_an_unclosed_quote;
 use rowpipe_upload::intake::{IntakeError, IntakeOptions, IntakeRow, Limits, read_all};
-
-/// A header, then `rows` data rows; row `open_at` opens a quote it never closes.
-pub fn file_with_an_unclosed_quote(rows: usize, open_at: usize) -> Vec<u8> {
-    let mut f = String::from("name,email\n");
-    for r in 1..=rows {
-        if r == open_at {
-            f.push_str(&format!("\"Unclosed {r},u{r}@example.com\n"));
-        } else {
-            f.push_str(&format!("Person {r},p{r}@example.com\n"));
-        }
-    }
-    f.into_bytes()
-}
 
 fn outcome(rows: &[IntakeRow]) -> (Vec<i64>, Vec<(i64, &'static str)>) {
     let mut good = Vec::new();
