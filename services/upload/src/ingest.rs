@@ -77,7 +77,10 @@ where
     let config = &state.config;
     let upload_id = attempt.upload_id.as_str();
     let upload_seq = attempt.upload_seq;
-    let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(2);
+    // One batch waits while the writer writes another: reading overlaps
+    // writing, and an upload holds at most three batches (the one being
+    // built, the one waiting, the one being written).
+    let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(1);
     let mut enqueuer = Enqueuer::new(state.redis.clone(), state.enqueue.clone());
     let mut writer_shutdown = state.shutdown.clone();
     let writer_upload = upload_id.to_string();
