@@ -9,6 +9,6 @@ mod intake_corpus;
 mod no_leaks;
 mod resume;
 mod slow_clients;
-mod tenants;
 mod stream_gauges;
+mod tenants;
 mod unterminated_quote;
