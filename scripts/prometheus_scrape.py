@@ -15,8 +15,7 @@ and builds the binaries). It starts, on free local ports:
 Phases, each asserting exactly which alerts are pending or firing:
 
   1. ingest: an upload with duplicates and bad rows, throttled by the
-     backlog bound; no alert. A poison entry: RowpipeDeadLetters fires,
-     alone. Then every dashboard expression must return
+     backlog bound; no alert. Then every dashboard expression must return
      data, and the series the programs emit are compared with
      observability/alerts/emitted-series.json (what the promtool tests may
      feed; --update rewrites it).
@@ -24,6 +23,8 @@ Phases, each asserting exactly which alerts are pending or firing:
   3. backlog: an upload while no consumer runs; RowpipeNoConsumers goes
      pending, then firing, and nothing else.
   4. recovery: one consumer back; the backlog drains and the alert resolves.
+  5. a poison entry: RowpipeDeadLetters fires, alone (last: its 5-minute
+     range would keep it firing through any later phase).
 
 Prints one line per check and "prometheus scrape: N passed, M failed".
 """
@@ -348,17 +349,6 @@ def main():
         mixed = observe_alerts(stack, 10)
         run.check("3 failed uploads among 20 completed: no alert (RowpipeUploadsFailing is the upload service's share)",
                   not mixed, f"{sorted(mixed) or 'none'}")
-        # A poison entry (not a row at all): the consumers dead-letter it at
-        # once, and RowpipeDeadLetters (no `for`) fires, alone.
-        subprocess.run(["redis-cli", "-u", redis_url, "XADD", stack.stream, "*", "not", "a-row"], check=True,
-                       capture_output=True)
-        seen = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and ("RowpipeDeadLetters", "firing") not in seen:
-            seen |= stack.alerts()
-            time.sleep(0.5)
-        run.check("a poison entry: RowpipeDeadLetters fires, and nothing else",
-                  seen == {("RowpipeDeadLetters", "firing")}, f"{sorted(seen) or 'none'}")
         empty = []
         for where, expr in dashboard_exprs(os.path.join(root, "observability/grafana/rowpipe-dashboard.json")):
             if not stack.query(expr):
@@ -425,6 +415,21 @@ def main():
             resolved = False
         run.check("recovery: one consumer back, the backlog drains and the alert resolves", resolved,
                   f"{sorted(stack.alerts()) or 'no alert left'}")
+
+        # ---- 5. a dead letter, last: RowpipeDeadLetters looks back 5 minutes
+        # (its range is not scaled), so it would still fire in any later phase.
+        # A poison entry (not a row at all): the consumer dead-letters it at
+        # once, and RowpipeDeadLetters (no `for`) fires, alone: the counter is
+        # exported at 0 from the start, so its first increase is seen.
+        subprocess.run(["redis-cli", "-u", redis_url, "XADD", stack.stream, "*", "not", "a-row"], check=True,
+                       capture_output=True)
+        seen = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and ("RowpipeDeadLetters", "firing") not in seen:
+            seen |= stack.alerts()
+            time.sleep(0.5)
+        run.check("a poison entry: RowpipeDeadLetters fires, and nothing else",
+                  seen == {("RowpipeDeadLetters", "firing")}, f"{sorted(seen) or 'none'}")
     except Exception as e:  # a failure of the harness is a failed check, never a pass
         run.check("prometheus scrape run", False, f"{type(e).__name__}: {e} (logs in {tmp})")
     finally:

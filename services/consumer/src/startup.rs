@@ -84,10 +84,7 @@ impl Application {
     /// finish the batches in hand within the grace period.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics::gauge!("rowpipe_consumer_ready").set(1.0);
-        // Exported from the start at 0, so the first incomplete upload is an
-        // increase (`RowpipeUploadsIncomplete` uses `increase()`, which sees
-        // none in a series born at 1).
-        metrics::counter!("rowpipe_uploads_incomplete_total").absolute(0);
+        register_event_counters();
         let mut workers = Vec::new();
         for i in 0..self.config.workers {
             let worker = self.worker(i).await?;
@@ -147,4 +144,29 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
             "database_error": health.database_error(),
         })),
     )
+}
+
+/// Counters of events that may never happen, exported from the start at 0
+/// (every label value they take): an alert or a panel on `increase()` sees
+/// no increase in a series born at 1, so the first dead letter or
+/// incomplete upload would go unseen (`RowpipeDeadLetters`,
+/// `RowpipeUploadsIncomplete`).
+fn register_event_counters() {
+    for name in [
+        "rowpipe_uploads_incomplete_total",
+        "rowpipe_consumer_reclaimed_total",
+        "rowpipe_consumer_batch_reruns_total",
+        "rowpipe_consumer_batch_splits_total",
+        "rowpipe_consumer_group_recreated_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for cause in rowpipe_core::stream::dead_letter::Cause::ALL {
+        metrics::counter!("rowpipe_consumer_dead_lettered_total", "cause" => cause.code())
+            .absolute(0);
+    }
+    for fault in ["outage", "row", "unknown"] {
+        metrics::counter!("rowpipe_db_errors_total", "fault" => fault).absolute(0);
+    }
+    metrics::counter!("rowpipe_redis_errors_total", "program" => "consumer").absolute(0);
 }
