@@ -28,14 +28,7 @@ pub async fn tick(
     // A Redis that lost the queue is healed here too, within one period,
     // whatever the workers are doing (BUSYGROUP, the usual answer, is free).
     stream::ensure_group(con, stream_key, group).await?;
-    let backlog = stream::backlog(con, stream_key, group).await?;
-    let labels = [
-        ("stream", stream_key.to_string()),
-        ("group", group.to_string()),
-    ];
-    metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
-    metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
-    metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
+    stream::sample_backlog_gauges(con, stream_key, group).await?;
     let trimmed = stream::trim_acknowledged(con, stream_key).await?;
     if trimmed > 0 {
         metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);

@@ -23,15 +23,7 @@ pub async fn sample(
     stream_key: &str,
     group: &str,
 ) -> redis::RedisResult<stream::GroupBacklog> {
-    let backlog = stream::backlog(con, stream_key, group).await?;
-    let labels = [
-        ("stream", stream_key.to_string()),
-        ("group", group.to_string()),
-    ];
-    metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
-    metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
-    metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
-    Ok(backlog)
+    stream::sample_backlog_gauges(con, stream_key, group).await
 }
 
 /// Run [`sample`] every [`SAMPLE_EVERY`] until shutdown. A failed sample

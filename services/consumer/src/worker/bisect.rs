@@ -176,11 +176,9 @@ impl Worker {
             }
             // An error the database did not classify blames the row when
             // the database works: rows beside it went in, or it answers.
-            let unclassified = undecided
-                .iter()
-                .any(|u| u.error.fault() == Fault::Unknown);
-            let database_works = stored_any
-                || (unclassified && self.store.call(self.store.ping()).await.is_ok());
+            let unclassified = undecided.iter().any(|u| u.error.fault() == Fault::Unknown);
+            let database_works =
+                stored_any || (unclassified && self.store.call(self.store.ping()).await.is_ok());
             let (at_fault, unexplained): (Vec<Undecided>, Vec<Undecided>) =
                 undecided.into_iter().partition(|u| match u.error.fault() {
                     Fault::Row => true,

@@ -409,7 +409,9 @@ mod tests {
         ] {
             assert_eq!(postgres_fault(outage), Fault::Outage, "{outage}");
         }
-        for row in ["23505", "23514", "22001", "22P02", "P0001", "54000", "40002"] {
+        for row in [
+            "23505", "23514", "22001", "22P02", "P0001", "54000", "40002",
+        ] {
             assert_eq!(postgres_fault(row), Fault::Row, "{row}");
         }
         assert_eq!(postgres_fault(""), Fault::Unknown);

@@ -156,6 +156,24 @@ impl GroupBacklog {
     }
 }
 
+/// Measure the group's backlog and set the stream gauges from it
+/// (`rowpipe_stream_length`, `_group_lag`, `_pending`, labelled by stream
+/// and group), as both programs export them: the consumers in their
+/// housekeeping, the upload service so that the signal outlives a group
+/// scaled to zero.
+pub async fn sample_backlog_gauges(
+    con: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<GroupBacklog> {
+    let backlog = backlog(con, stream, group).await?;
+    let labels = [("stream", stream.to_string()), ("group", group.to_string())];
+    metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
+    metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
+    metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
+    Ok(backlog)
+}
+
 /// Lag and pending count of `group` (lag needs Redis ≥ 7; older servers fall
 /// back to the stream length, which over-estimates and so stays safe).
 pub async fn backlog(

@@ -84,9 +84,11 @@ impl Store {
         if removed == 0 {
             // Another consumer stored a copy of this row (a replay written
             // twice) since step 1 looked: run the batch again, to find it.
-            return Err(StoreError::ConcurrentDelivery(sqlx::Error::Protocol(format!(
-                "the processing_failed record of row {row_number} of upload {upload} was removed by another consumer"
-            ))));
+            return Err(StoreError::ConcurrentDelivery(sqlx::Error::Protocol(
+                format!(
+                    "the processing_failed record of row {row_number} of upload {upload} was removed by another consumer"
+                ),
+            )));
         }
         Ok(())
     }
