@@ -32,7 +32,6 @@ use crate::state::AppState;
 /// earlier attempt got accounted for, and this instance's lease on it.
 pub struct Attempt {
     pub upload_id: String,
-    pub upload_seq: i64,
     /// Rows not to enqueue again (None: the first attempt).
     pub accounted: Option<RowSet>,
     pub lease: Lease,
@@ -76,7 +75,6 @@ where
 {
     let config = &state.config;
     let upload_id = attempt.upload_id.as_str();
-    let upload_seq = attempt.upload_seq;
     // One batch waits while the writer writes another: reading overlaps
     // writing, and an upload holds at most three batches (the one being
     // built, the one waiting, the one being written).
@@ -137,7 +135,6 @@ where
 
     let make_entry = |row: IntakeRow| StreamEntry {
         upload_id: upload_id.to_string(),
-        upload_seq: Some(upload_seq),
         row_number: row.row_number,
         body: row.body,
         trace: Vec::new(),

@@ -250,7 +250,6 @@ async fn resume(state: &AppState, existing: &UploadRecord) -> Result<Attempt, Ap
     );
     Ok(Attempt {
         upload_id: id.clone(),
-        upload_seq: existing.seq,
         accounted: Some(accounted),
         lease,
         progress: Some(progress),
@@ -285,6 +284,7 @@ async fn begin(
     if let Some(attempt) = resumed {
         return Ok(attempt);
     }
+    // The record's sequence is for the consumer, which reads it from there.
     let created = state
         .store
         .create_upload_leased(
@@ -298,26 +298,22 @@ async fn begin(
             state.config.lease.lease_ms(),
         )
         .await;
-    let seq = match created {
-        Ok(seq) => seq,
-        Err(e) => {
-            // Two requests with one new Idempotency-Key at once: the second
-            // finds the first one's record, which it is a retry of.
-            if let (Some(key), true) = (&idempotency_key, is_unique_violation(&e))
-                && let Some(existing) = state.store.upload_by_idempotency_key(key).await?
-            {
-                return Err(ApiError::UploadInProgress {
-                    upload_id: existing.upload_id,
-                    lease_secs: state.config.lease.upload_lease_secs,
-                });
-            }
-            return Err(e.into());
+    if let Err(e) = created {
+        // Two requests with one new Idempotency-Key at once: the second
+        // finds the first one's record, which it is a retry of.
+        if let (Some(key), true) = (&idempotency_key, is_unique_violation(&e))
+            && let Some(existing) = state.store.upload_by_idempotency_key(key).await?
+        {
+            return Err(ApiError::UploadInProgress {
+                upload_id: existing.upload_id,
+                lease_secs: state.config.lease.upload_lease_secs,
+            });
         }
-    };
+        return Err(e.into());
+    }
     let (lease, progress) = Lease::start(state, upload_id, LeaseProgress::default());
     Ok(Attempt {
         upload_id: upload_id.to_string(),
-        upload_seq: seq,
         accounted: None,
         lease,
         progress: Some(progress),
