@@ -78,6 +78,15 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH_BYTES", default_value_t = 1024 * 1024)]
     pub enqueue_batch_bytes: usize,
 
+    /// Bytes of rows all uploads of this instance may hold at once in
+    /// pipelines waiting to be written or being written (each upload also
+    /// builds one of at most `ROWPIPE_ENQUEUE_BATCH_BYTES`): concurrent
+    /// uploads of wide rows share it, so the instance's memory does not
+    /// grow with their number. A pipeline larger than all of it still goes,
+    /// alone.
+    #[arg(long, env = "ROWPIPE_UPLOAD_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub upload_buffer_bytes: usize,
+
     /// Rows per XADD pipeline.
     #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH", default_value_t = 500)]
     pub enqueue_batch: usize,

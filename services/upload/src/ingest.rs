@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::buffer_budget::BufferShare;
 use crate::enqueue::{EnqueueError, Enqueuer};
 use crate::error::ApiError;
 use crate::intake::{Intake, IntakeOptions, IntakeRow, sniff};
@@ -78,7 +79,9 @@ where
     // One batch waits while the writer writes another: reading overlaps
     // writing, and an upload holds at most three batches (the one being
     // built, the one waiting, the one being written).
-    let (tx, mut rx) = mpsc::channel::<Vec<StreamEntry>>(1);
+    // Each pipeline carries its share of the instance's buffer budget
+    // (crate::buffer_budget) until it is written.
+    let (tx, mut rx) = mpsc::channel::<(Vec<StreamEntry>, Option<BufferShare>)>(1);
     let mut enqueuer = Enqueuer::new(state.redis.clone(), state.enqueue.clone());
     let mut writer_shutdown = state.shutdown.clone();
     let writer_upload = upload_id.to_string();
@@ -86,11 +89,12 @@ where
     let writer = tokio::spawn(
         async move {
             let mut written: i64 = 0;
-            while let Some(batch) = rx.recv().await {
+            while let Some((batch, share)) = rx.recv().await {
                 let n = batch.len() as i64;
                 let ids = enqueuer
                     .write(&writer_upload, &batch, &mut writer_shutdown)
                     .await?;
+                drop(share);
                 written += n;
                 // Rows are numbered in file order and every earlier row is
                 // written or accounted for, so the last row number written
@@ -121,6 +125,8 @@ where
     // The batch's bytes: it is written at `enqueue_batch` rows or
     // `enqueue_batch_bytes`, so its memory is bounded by bytes too.
     let mut batch_bytes: usize = 0;
+    // The batch's share of the instance's buffer budget.
+    let mut share: Option<BufferShare> = None;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut shutdown = state.shutdown.clone();
@@ -183,12 +189,38 @@ where
                 continue;
             }
             let entry = make_entry(row);
-            batch_bytes += crate::enqueue::entry_bytes(&entry);
+            let bytes = crate::enqueue::entry_bytes(&entry);
+            // The row's bytes come from the instance's budget
+            // (crate::buffer_budget). Spent: what is built so far goes to the
+            // writer first, so the wait never holds a share unsent.
+            let row_share = match state.buffers.try_take(bytes) {
+                Some(row_share) => Some(row_share),
+                None => {
+                    if !batch.is_empty() {
+                        batch_bytes = 0;
+                        let part =
+                            std::mem::replace(&mut batch, Vec::with_capacity(config.enqueue_batch));
+                        if tx.send((part, share.take())).await.is_err() {
+                            writer_gone = true;
+                            break;
+                        }
+                    }
+                    state.buffers.take(bytes).await
+                }
+            };
+            share = match (share.take(), row_share) {
+                (Some(mut held), Some(more)) => {
+                    held.merge(more);
+                    Some(held)
+                }
+                (held, more) => held.or(more),
+            };
+            batch_bytes += bytes;
             batch.push(entry);
             if batch.len() >= config.enqueue_batch || batch_bytes >= config.enqueue_batch_bytes {
                 batch_bytes = 0;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(config.enqueue_batch));
-                if tx.send(full).await.is_err() {
+                if tx.send((full, share.take())).await.is_err() {
                     writer_gone = true;
                     break;
                 }
@@ -199,7 +231,7 @@ where
         }
         if finished {
             if !batch.is_empty() {
-                let _ = tx.send(std::mem::take(&mut batch)).await;
+                let _ = tx.send((std::mem::take(&mut batch), share.take())).await;
             }
             break None;
         }

@@ -27,16 +27,20 @@
 //!   with their progress, or the upload interrupted), and the sweep that
 //!   marks the uploads of dead instances `interrupted`.
 //! * [`enqueue`]: pipelined `XADD` with backpressure on the group's backlog.
+//! * [`buffer_budget`]: the bytes of pipelines all uploads of the instance
+//!   hold at once (shared, so wide rows stay bounded however many uploads).
 //! * [`csv_writer`]: the exports' CSV, quoted by hand and streamed page by page.
 //! * [`stream_gauges`]: the group's lag, pending and length gauges, sampled
 //!   here too so they exist while the consumers are scaled to zero.
 //!
 //! Dependencies point one way: `startup` → `routes` → `lifecycle` →
 //! `ingest` → `intake`/`enqueue`/`lease`, and everything that needs the shared state
-//! takes it from `state`, which depends only on `config` and `enqueue`.
+//! takes it from `state`, which depends only on `config`, `enqueue` and
+//! `buffer_budget`.
 
 pub mod auth;
 pub mod body;
+pub mod buffer_budget;
 pub mod config;
 pub mod csv_writer;
 pub mod enqueue;

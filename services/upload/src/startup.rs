@@ -70,8 +70,10 @@ impl Application {
             max_connections: config.max_connections,
         };
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads));
+        let buffers = crate::buffer_budget::BufferBudget::new(config.upload_buffer_bytes);
         let state = AppState {
             uploads,
+            buffers,
             config: Arc::new(config),
             store,
             redis,

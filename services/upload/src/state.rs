@@ -28,4 +28,7 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     /// One permit per upload being received (`ROWPIPE_MAX_CONCURRENT_UPLOADS`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// The bytes of pipelines in flight, all uploads together
+    /// (`ROWPIPE_UPLOAD_BUFFER_BYTES`, see [`crate::ingest`]).
+    pub buffers: crate::buffer_budget::BufferBudget,
 }
