@@ -7,7 +7,7 @@
 //! is never recorded twice; the count is `COUNT(*)` over the key's prefix,
 //! so it is exact whatever was redelivered.
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::{Dialect, Store, StoreError};
 use crate::verdict::{JudgedRow, RowVerdict};
@@ -16,7 +16,7 @@ use crate::verdict::{JudgedRow, RowVerdict};
 const CHUNK: usize = 500;
 
 /// One row of the `unverified` export.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct UnverifiedRow {
     pub row_number: i64,
     pub domain: String,
@@ -102,25 +102,12 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<UnverifiedRow>, StoreError> {
-        let rows = sqlx::query(self.q(
-            "SELECT \"row_number\", domain, reason, message, fields FROM unverified_rows \
-             WHERE upload_id = ? AND \"row_number\" > ? ORDER BY \"row_number\" LIMIT ?",
-        ))
-        .bind(id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UnverifiedRow {
-                    row_number: r.try_get("row_number")?,
-                    domain: r.try_get("domain")?,
-                    reason: r.try_get("reason")?,
-                    message: r.try_get("message")?,
-                    fields: r.try_get("fields")?,
-                })
-            })
-            .collect()
+        self.ledger_page(
+            "\"row_number\", domain, reason, message, fields FROM unverified_rows",
+            id,
+            after,
+            limit,
+        )
+        .await
     }
 }

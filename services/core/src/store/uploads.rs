@@ -227,7 +227,7 @@ pub struct FinishedBody {
 }
 
 /// One line of the reject ledger.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct RejectedRow {
     pub row_number: i64,
     pub reason: String,
@@ -587,26 +587,38 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<RejectedRow>, StoreError> {
-        let rows = sqlx::query(self.q(
-            "SELECT \"row_number\", reason, message, fields FROM rejected_rows \
-             WHERE upload_id = ? AND \"row_number\" > ? ORDER BY \"row_number\" LIMIT ?",
-        ))
-        .bind(id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RejectedRow {
-                    row_number: r.try_get("row_number")?,
-                    reason: r.try_get("reason")?,
-                    message: r.try_get("message")?,
-                    fields: r.try_get("fields")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        self.ledger_page(
+            "\"row_number\", reason, message, fields FROM rejected_rows",
+            id,
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// One page of upload `id`'s rows in a ledger, in row order (rows with
+    /// `row_number > after`, at most `limit`): `select` names the columns
+    /// and the table (`"row_number", reason FROM rejected_rows`), which
+    /// every export pages through the same way.
+    pub(crate) async fn ledger_page<T>(
+        &self,
+        select: &str,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        let sql = format!(
+            "SELECT {select} WHERE upload_id = ? AND \"row_number\" > ? ORDER BY \"row_number\" LIMIT ?"
+        );
+        Ok(sqlx::query_as::<_, T>(self.q(&sql))
+            .bind(id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Row numbers of an upload's duplicates (valid rows that lost to an
