@@ -255,7 +255,7 @@ impl Worker {
 
     /// Run until shutdown; the batch in hand is finished first.
     pub async fn run(mut self, shutdown: Shutdown) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = outage::Backoff::new();
         // This loop marked the database not ready, and nothing has shown it
         // reachable since.
         let mut database_blamed = false;
@@ -267,21 +267,13 @@ impl Worker {
                     if database_blamed {
                         database_blamed = !self.database_answers().await;
                     }
-                    delay = Duration::from_millis(100);
+                    backoff = outage::Backoff::new();
                 }
                 Err(e) => {
                     self.health.blame(&e);
                     database_blamed |= e.dependency() == Dependency::Database;
-                    tracing::warn!(error = %e, dependency = ?e.dependency(), retry_in_ms = delay.as_millis() as u64, "consumer loop error");
-                    let started = Instant::now();
-                    let mut s = shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {},
-                        _ = s.requested() => {},
-                    }
-                    metrics::histogram!("rowpipe_consumer_outage_wait_seconds", "dependency" => e.dependency().label())
-                        .record(started.elapsed().as_secs_f64());
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    tracing::warn!(error = %e, dependency = ?e.dependency(), "consumer loop error; retrying after a backoff");
+                    backoff.wait(e.dependency().label(), &shutdown).await;
                 }
             }
         }
