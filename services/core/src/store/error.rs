@@ -168,11 +168,6 @@ pub fn fault_of_sqlx(e: &sqlx::Error) -> Fault {
     }
 }
 
-/// See [`StoreError::is_transient`].
-pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
-    fault_of_sqlx(e) == Fault::Outage
-}
-
 fn fault_of_database_error(db: &dyn DatabaseError) -> Fault {
     if let Some(e) = db.try_downcast_ref::<MySqlDatabaseError>() {
         return mysql_fault(e.number(), e.code());
@@ -376,12 +371,11 @@ mod tests {
         holder.execute("BEGIN IMMEDIATE").await.unwrap();
 
         let busy = waiter.execute("BEGIN IMMEDIATE").await.unwrap_err();
-        assert!(is_transient_sqlx(&busy), "{busy}");
+        assert_eq!(fault_of_sqlx(&busy), Fault::Outage, "{busy}");
         let duplicate = holder
             .execute("INSERT INTO t VALUES (1)")
             .await
             .unwrap_err();
-        assert!(!is_transient_sqlx(&duplicate), "{duplicate}");
         assert_eq!(fault_of_sqlx(&duplicate), Fault::Row, "{duplicate}");
         let missing = holder
             .execute("INSERT INTO nowhere VALUES (1)")

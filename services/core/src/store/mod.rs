@@ -52,7 +52,7 @@ use crate::config::DatabaseConfig;
 pub use accounting::{AccountingCandidate, RowSet};
 pub use batch::BatchOutcome;
 pub use dialect::Dialect;
-pub use error::{Fault, StoreError, fault_of_sqlx, is_transient_sqlx};
+pub use error::{Fault, StoreError, fault_of_sqlx};
 pub use leases::LeaseProgress;
 pub use uploads::{NewUpload, UploadCounts, UploadRecord, UploadStatus};
 
