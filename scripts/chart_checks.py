@@ -43,6 +43,17 @@ REDIS_STREAMS_METADATA = {
     "stream", "consumerGroup", "pendingEntriesCount", "streamLength",
     "lagCount", "activationLagCount", "databaseIndex", "enableTLS", "unsafeSsl",
 }
+# The redis-cluster-streams scaler (KEDA docs) names its seed nodes `addresses` (or
+# hosts+ports) and has no database index: a cluster has only database 0. Its docs page
+# calls the activation threshold `activationTargetLag`, but the scaler (the same
+# redis_streams_scaler.go for both types) reads `activationLagCount`, as here.
+REDIS_CLUSTER_STREAMS_METADATA = {
+    "addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv",
+    "username", "usernameFromEnv", "password", "passwordFromEnv",
+    "stream", "consumerGroup", "pendingEntriesCount", "streamLength",
+    "lagCount", "activationLagCount", "enableTLS", "unsafeSsl",
+}
+TRIGGER_METADATA = {"redis-streams": REDIS_STREAMS_METADATA, "redis-cluster-streams": REDIS_CLUSTER_STREAMS_METADATA}
 REQUIRED_ALERTS = {"RowpipeLagGrowing", "RowpipeDeadLetters", "RowpipeConsumerErrors", "RowpipeNoConsumers"}
 REQUIRED_ALERT_METRICS = {
     "rowpipe_stream_group_lag", "rowpipe_consumer_dead_lettered_total",
@@ -274,13 +285,22 @@ def check_schema_rejects(chart):
         (["logging.format=yaml"], "", "value outside the enum"),
         (["stream.name="], "", "empty stream name"),
         (["database.url=sqlite://rowpipe.db"], "sqlite", "sqlite URL (template guard)"),
+        (["stream.shards=65"], "maximum", "more shards than the table has"),
+        (["stream.shards=0"], "minimum", "no shard"),
+        (["consumer.shards=0;2"], "", "shard list that is not indexes and ranges"),
+        (["upload.redisWait.timeoutMs=0"], "minimum", "WAIT 0 (blocks forever)"),
+        (["stream.shards=2", "stream.name=orders:{tenant}:rows"], "drop the braces", "hash tag in a sharded stream name (template guard)"),
+        (["stream.shards=4", "consumer.shards=1-4"], "names shard 4", "consumer shard the stream does not have (template guard)"),
+        (["consumer.shards=3-1", "stream.shards=4"], "is empty", "empty shard range (template guard)"),
+        (["redis.address=a:6379\\,b:6379"], "redis.cluster is false", "several Redis nodes without redis.cluster (template guard)"),
+        (["redis.cluster=true", "redis.databaseIndex=1"], "only database 0", "database index on a cluster (template guard)"),
     ]
     for sets, needle, what in cases:
         p = chart.template(sets=sets)
-        require(p.returncode != 0, f"helm template --set {sets[0]} succeeded; it must fail ({what})")
+        require(p.returncode != 0, f"helm template --set {' '.join(sets)} succeeded; it must fail ({what})")
         require(needle.lower() in p.stderr.lower(),
-                f"--set {sets[0]} failed for another reason: {first_error_line(p.stderr)}")
-    return f"{len(cases)} bad --set values rejected (typo, wrong type, enum, empty, sqlite)"
+                f"--set {' '.join(sets)} failed for another reason: {first_error_line(p.stderr)}")
+    return f"{len(cases)} bad --set values rejected (typo, wrong type, enum, empty, sqlite, shards, cluster)"
 
 
 # ---------------------------------------------------------------------------------
@@ -397,10 +417,13 @@ class CrdValidator:
             errs.append(f"metadata.name {name!r} is not a DNS subdomain")
         if doc["kind"] == "ScaledObject":
             for i, t in enumerate(doc.get("spec", {}).get("triggers", [])):
-                if t.get("type") == "redis-streams":
-                    for k in t.get("metadata", {}):
-                        if k not in REDIS_STREAMS_METADATA:
-                            errs.append(f"spec/triggers/{i}/metadata: unknown redis-streams key {k!r}")
+                known = TRIGGER_METADATA.get(t.get("type"))
+                if known is None:
+                    errs.append(f"spec/triggers/{i}: trigger type {t.get('type')!r} is none of {sorted(TRIGGER_METADATA)}")
+                    continue
+                for k in t.get("metadata", {}):
+                    if k not in known:
+                        errs.append(f"spec/triggers/{i}/metadata: unknown {t['type']} key {k!r}")
         return errs
 
 
@@ -434,13 +457,124 @@ def check_keda_validator_strict(chart, crds):
         ("numeric trigger metadata", mutant(so, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("lagCount", 5))),
         ("secretTargetRef[0].paramter", mutant(ta, lambda d: d["spec"]["secretTargetRef"][0].__setitem__("paramter", "password"))),
     ]
+    cluster = one(chart.render([chart.values_file("ci/cluster-shards-values.yaml")]), "ScaledObject")
+    require(not crds.errors(cluster), "the unmodified redis-cluster-streams ScaledObject does not validate")
+    cases += [
+        ("redis-cluster-streams with address", mutant(cluster, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("address", "redis:6379"))),
+        ("redis-cluster-streams with databaseIndex", mutant(cluster, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("databaseIndex", "0"))),
+        ("redis-streams with addresses", mutant(so, lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("addresses", "a:1,b:2"))),
+        ("unknown trigger type", mutant(so, lambda d: d["spec"]["triggers"][0].__setitem__("type", "redis-stream"))),
+    ]
     for what, doc in cases:
         require(crds.errors(doc), f"the strict KEDA validator accepted a mutant ({what})")
     return f"{len(cases)} misspelled/mistyped KEDA fields rejected"
 
 
+# ---------------------------------------------------------------------------------
+# sharded streams, computed here from the chart's table independently of the templates
+
+
+SLOTS = 16384
+
+
+def crc16_xmodem(data: bytes) -> int:
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def hash_slot(key: str) -> int:
+    """Redis Cluster's slot of a key: CRC16 of its hash tag (first {...}, if not empty)."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    return crc16_xmodem(raw) % SLOTS
+
+
+def shard_tags(chart):
+    table = yaml.safe_load(open(os.path.join(chart.dir, "files", "shard-tags.yaml")))
+    return {int(n): tags for n, tags in table.items()}
+
+
+def shard_keys(chart, stream, n):
+    """The stream's keys as the programs name them: the stream itself, or <stream>:{<tag>}."""
+    if n <= 1:
+        return [stream]
+    return [f"{stream}:{{{tag}}}" for tag in shard_tags(chart)[n]]
+
+
+def served_shards(spec, n):
+    """ROWPIPE_SHARDS ("0,3-5"; empty: all) resolved against n shards."""
+    spec = (spec or "").strip()
+    if not spec:
+        return list(range(n))
+    out = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    require(max(out) < n, f"ROWPIPE_SHARDS {spec!r} names a shard of no {n}-shard stream")
+    return sorted(out)
+
+
+def merged_values(chart, values=(), sets=(), base=True):
+    """values.yaml with the -f files and simple --set a.b=c overrides, as Helm merges them."""
+    def merge(dst, src):
+        for k, v in (src or {}).items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+    vals = yaml.safe_load(open(chart.values_file("values.yaml")))
+    files = ([os.path.join(chart.dir, "ci", "base", "auth-values.yaml")] if base else []) + list(values)
+    for f in files:
+        merge(vals, yaml.safe_load(open(f)))
+    for s in sets:
+        path, _, raw = s.partition("=")
+        node = vals
+        *parents, leaf = path.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        raw = raw.replace("\\,", ",")  # helm's escaped comma
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return vals
+
+
+def check_shard_table(chart):
+    """files/shard-tags.yaml, checked against the rule in services/core/src/stream/shards.rs:
+    tag i of N is the first "<i>-<base 36>" whose slot lies in the i-th of N equal parts of
+    the slots, so the N keys spread over a cluster made with equal slot ranges."""
+    def base36(n):
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+        out = ""
+        while True:
+            out = digits[n % 36] + out
+            n //= 36
+            if n == 0:
+                return out
+    table = shard_tags(chart)
+    require(sorted(table) == list(range(2, 65)), f"the table has shard counts {sorted(table)[:3]}..., not 2..64")
+    for n, tags in table.items():
+        require(len(tags) == n, f"{n} shards: {len(tags)} tags")
+        for i, tag in enumerate(tags):
+            lo, hi = i * SLOTS // n, (i + 1) * SLOTS // n
+            k = 0
+            while not lo <= hash_slot(f"{i}-{base36(k)}") < hi:
+                k += 1
+            want = f"{i}-{base36(k)}"
+            require(tag == want, f"{n} shards, shard {i}: tag {tag!r}, the rule gives {want!r} (slot {lo}..{hi - 1})")
+    return "2..64 shards: every tag is the first whose CRC16 slot falls in its shard's part of the 16,384 slots"
+
+
 def check_keda_wiring(chart, values, sets=()):
     docs = chart.render(values, sets)
+    vals = merged_values(chart, values, sets)
     so = one(docs, "ScaledObject")
     target = so["spec"]["scaleTargetRef"]
     require(target.get("kind", "Deployment") == "Deployment", f"scaleTargetRef.kind is {target.get('kind')}")
@@ -452,32 +586,119 @@ def check_keda_wiring(chart, values, sets=()):
     env = container_env(docs, pod_spec(dep), container)
     stream, group = env.get("ROWPIPE_STREAM"), env.get("ROWPIPE_GROUP")
     require(stream and group, "consumer has no ROWPIPE_STREAM/ROWPIPE_GROUP")
+    n = int(env.get("ROWPIPE_STREAM_SHARDS", "1"))
+    cluster = env.get("ROWPIPE_REDIS_CLUSTER") == "true"
+    keys = shard_keys(chart, stream, n)
+    served = served_shards(env.get("ROWPIPE_SHARDS"), n)
+    want = {keys[i] for i in served}
+    kind = "redis-cluster-streams" if cluster else "redis-streams"
     triggers = so["spec"]["triggers"]
-    require(all(t["type"] == "redis-streams" for t in triggers), "non redis-streams trigger")
+    require(all(t["type"] == kind for t in triggers),
+            f"trigger types {sorted({t['type'] for t in triggers})}, want {kind} (ROWPIPE_REDIS_CLUSTER={cluster})")
     for t in triggers:
         md = t["metadata"]
-        require(md.get("stream") == stream, f"trigger {t.get('name')} stream {md.get('stream')!r} != ROWPIPE_STREAM {stream!r}")
+        require(md.get("stream") in want, f"trigger {t.get('name')} stream {md.get('stream')!r} is no shard key served {sorted(want)}")
         require(md.get("consumerGroup") == group, f"trigger {t.get('name')} consumerGroup {md.get('consumerGroup')!r} != ROWPIPE_GROUP {group!r}")
-        require(md.get("address") or md.get("addressFromEnv") or md.get("host"), f"trigger {t.get('name')} has no address")
+        if cluster:
+            seeds = md.get("addresses", "")
+            require(seeds == vals["redis"]["address"] and all(re.fullmatch(r"[^:/ ,]+:\d+", a) for a in seeds.split(",")),
+                    f"trigger {t.get('name')}: addresses {seeds!r} are not redis.address {vals['redis']['address']!r}")
+            require("address" not in md and "databaseIndex" not in md, f"trigger {t.get('name')}: address/databaseIndex on a cluster trigger")
+        else:
+            require(md.get("address") or md.get("addressFromEnv") or md.get("host"), f"trigger {t.get('name')} has no address")
         ref = t.get("authenticationRef")
         if ref:
             one(docs, "TriggerAuthentication", ref["name"])
+        require(bool(ref) == bool(vals["redis"]["password"] or vals["redis"]["existingSecret"]),
+                f"trigger {t.get('name')}: authenticationRef {'set' if ref else 'missing'} for a Redis {'without' if ref else 'with'} a password")
     lag = [t for t in triggers if "lagCount" in t["metadata"]]
     pending = [t for t in triggers if "pendingEntriesCount" in t["metadata"]]
-    require(len(lag) == 1 and "activationLagCount" in lag[0]["metadata"], "no lagCount+activationLagCount trigger")
-    require(len(pending) == 1, "no pendingEntriesCount trigger")
-    # the migration creates the same stream and group
+    for what, ts in (("lagCount", lag), ("pendingEntriesCount", pending)):
+        streams = sorted(t["metadata"]["stream"] for t in ts)
+        require(streams == sorted(want), f"{what} triggers watch {streams}, not each shard key served once {sorted(want)}")
+        share = max(1, int(vals["keda"][what]) // len(served))
+        got = {t["metadata"][what] for t in ts}
+        require(got == {str(share)}, f"{what} targets {sorted(got)}: want keda.{what} / {len(served)} shards served = {share}")
+    require(all(t["metadata"].get("activationLagCount") == str(vals["keda"]["activationLagCount"]) for t in lag),
+            "a lag trigger lacks keda.activationLagCount")
+    require(len(lag) + len(pending) == len(triggers), "a trigger is neither a lag nor a pending-entries trigger")
+    names = [t.get("name") for t in triggers]
+    require(len(set(names)) == len(names), f"trigger names repeat: {names}")
+    # the migration creates the same stream, group and shards
     job = find(docs, "Job")
     if job:
         jenv = container_env(docs, pod_spec(job[0]), pod_spec(job[0])["containers"][0])
-        require((jenv.get("ROWPIPE_STREAM"), jenv.get("ROWPIPE_GROUP")) == (stream, group),
-                "the migration Job sees another stream/group than the consumer")
+        got = tuple(jenv.get(k) for k in ("ROWPIPE_STREAM", "ROWPIPE_GROUP", "ROWPIPE_STREAM_SHARDS", "ROWPIPE_REDIS_CLUSTER"))
+        require(got == (stream, group, str(n), str(cluster).lower()),
+                f"the migration Job sees stream/group/shards/cluster {got}, the consumer {(stream, group, n, cluster)}")
     for ta in find(docs, "TriggerAuthentication"):
         for ref in ta["spec"].get("secretTargetRef", []):
             secret = find(docs, "Secret", ref["name"])
             if secret:
                 require(ref["key"] in secret[0].get("data", {}), f"TriggerAuthentication key {ref['key']} not in Secret {ref['name']}")
-    return f"target {target['name']}, stream {stream!r}, group {group!r}, triggers lag+pending"
+    detail = f"target {target['name']}, stream {stream!r}, group {group!r}, {kind}"
+    if n == 1:
+        return detail + ", triggers lag+pending"
+    listed = ", ".join(keys[i] for i in served[:4]) + (", ..." if len(served) > 4 else "")
+    return detail + f", lag+pending on {len(served)} of {n} shard keys ({listed})"
+
+
+def check_shard_env(chart, values, sets=()):
+    """The shard and cluster settings reach every program: ROWPIPE_STREAM_SHARDS and
+    ROWPIPE_REDIS_CLUSTER the upload, consumer and migration alike, ROWPIPE_SHARDS the
+    consumer (absent for all shards), the WAIT settings the upload; a chart-managed
+    REDIS_URL names redis:// or rediss:// seeds in cluster mode."""
+    import base64
+    docs = chart.render(values, sets)
+    vals = merged_values(chart, values, sets)
+    want_common = {"ROWPIPE_STREAM_SHARDS": str(vals["stream"]["shards"]),
+                   "ROWPIPE_REDIS_CLUSTER": str(vals["redis"]["cluster"]).lower()}
+    seen = []
+    for w in find(docs, "Deployment") + find(docs, "Job"):
+        spec = pod_spec(w)
+        env = container_env(docs, spec, spec["containers"][0])
+        component = w["metadata"]["labels"]["app.kubernetes.io/component"]
+        want = dict(want_common)
+        if component == "upload":
+            want["ROWPIPE_REDIS_WAIT_REPLICAS"] = str(vals["upload"]["redisWait"]["replicas"])
+            want["ROWPIPE_REDIS_WAIT_TIMEOUT_MS"] = str(vals["upload"]["redisWait"]["timeoutMs"])
+        for k, v in want.items():
+            require(env.get(k) == v, f"{w['kind']}/{w['metadata']['name']}: {k}={env.get(k)!r}, want {v!r}")
+        subset = vals["consumer"]["shards"].strip()
+        if component == "consumer":
+            require(env.get("ROWPIPE_SHARDS") == (subset or None), f"consumer: ROWPIPE_SHARDS={env.get('ROWPIPE_SHARDS')!r}, want {subset or None!r}")
+        else:
+            require("ROWPIPE_SHARDS" not in env, f"{component}: ROWPIPE_SHARDS set outside the consumer")
+        seen.append(component)
+    if vals["redis"]["cluster"] and not vals["redis"]["existingSecret"]:
+        secret = one(docs, "Secret", f"{RELEASE}-redis")
+        url = base64.b64decode(secret["data"][vals["redis"]["urlKey"]]).decode()
+        require(all(u.strip().startswith(("redis://", "rediss://")) for u in url.split(",")),
+                "REDIS_URL of a cluster is not comma-separated redis:// or rediss:// seed URLs")
+    return (f"{'/'.join(seen)}: shards {want_common['ROWPIPE_STREAM_SHARDS']}, cluster {want_common['ROWPIPE_REDIS_CLUSTER']}, "
+            f"ROWPIPE_SHARDS {vals['consumer']['shards'] or '(all)'}, WAIT {vals['upload']['redisWait']['replicas']}/{vals['upload']['redisWait']['timeoutMs']} ms")
+
+
+def check_network_policy_cluster(chart):
+    """With redis.cluster the Redis egress rule opens every client port the seeds use, to the
+    redisTo peers (which must admit every node: clients follow MOVED redirects), and no
+    cluster bus port (client port + 10000, node to node)."""
+    path = chart.values_file("ci/cluster-shards-values.yaml")
+    vals = merged_values(chart, [path])
+    docs = chart.render([path])
+    ports = {int(a.rsplit(":", 1)[1]) for a in vals["redis"]["address"].split(",")}
+    require(len(ports) > 1, "the cluster value set should use several client ports")
+    for np in find(docs, "NetworkPolicy"):
+        name = np["metadata"]["name"]
+        egress = np["spec"]["egress"]
+        for port in ports:
+            allowed = _peers_allowing(egress, port, "to")
+            require(allowed and all(a == vals["networkPolicy"]["redisTo"] for a in allowed),
+                    f"{name}: Redis cluster port {port} goes to {allowed}, not redisTo")
+        opened = {p["port"] for r in egress for p in r.get("ports", [])}
+        bus = {p + 10000 for p in ports} & opened
+        require(not bus, f"{name}: opens cluster bus ports {sorted(bus)}")
+    return f"{len(find(docs, 'NetworkPolicy'))} policies: Redis cluster ports {sorted(ports)} to redisTo, no bus port"
 
 
 def check_keda_off(chart, values):
@@ -1148,6 +1369,7 @@ def main():
             continue
         r.check(f"[{label}] kubernetes-validate --strict", check_kubernetes_validate, chart, values)
         r.check(f"[{label}] workloads: security, probes, env", check_workloads, chart, values)
+        r.check(f"[{label}] shard and cluster env", check_shard_env, chart, values)
         docs = chart.render(values)
         if find(docs, "ScaledObject"):
             if crds:
@@ -1161,6 +1383,17 @@ def main():
         r.check(f"[{label}] renders are deterministic", check_render_deterministic, chart, values)
         r.check(f"[{label}] rollout and disruption", check_rollout_and_disruption, chart, values)
 
+    r.check("files/shard-tags.yaml: tags follow the slot rule", check_shard_table, chart)
+    cluster_subset = ([v("ci/cluster-shards-values.yaml")], ["consumer.shards=0\\,2", "stream.name=invoices"])
+    r.check("[cluster, --set consumer.shards=0,2] ScaledObject wiring", check_keda_wiring, chart, *cluster_subset)
+    r.check("[cluster, --set consumer.shards=0,2] shard and cluster env", check_shard_env, chart, *cluster_subset)
+    if crds:
+        r.check("[cluster, --set consumer.shards=0,2] KEDA objects vs CRD schemas", check_keda_crds, chart, crds, *cluster_subset)
+    many = ([], ["keda.enabled=true", "stream.shards=64", "redis.password=pw"])
+    r.check("[--set stream.shards=64] ScaledObject wiring", check_keda_wiring, chart, *many)
+    if crds:
+        r.check("[--set stream.shards=64] KEDA objects vs CRD schemas", check_keda_crds, chart, crds, *many)
+    r.check("NetworkPolicies with a Redis Cluster", check_network_policy_cluster, chart)
     custom = ["keda.enabled=true", "stream.name=invoices:rows", "stream.group=invoice-writers"]
     r.check("[--set stream.name/group] ScaledObject wiring", check_keda_wiring, chart, [], custom)
     if crds:

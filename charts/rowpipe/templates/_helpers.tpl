@@ -204,6 +204,82 @@ Guard rails evaluated by every workload template.
 {{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
 {{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" }}
 {{- end }}
+{{- if and (gt (int .Values.stream.shards) 1) (contains "{" .Values.stream.name) }}
+{{- fail (printf "stream.name %q contains \"{\": with stream.shards=%d the shard keys are <stream.name>:{<tag>}, and Redis Cluster hashes a key by its first {...}, so every shard would land in the slot of the name's own hash tag; drop the braces" .Values.stream.name (int .Values.stream.shards)) }}
+{{- end }}
+{{- if .Values.redis.cluster }}
+{{- if ne (int .Values.redis.databaseIndex) 0 }}
+{{- fail (printf "redis.databaseIndex is %d but a Redis Cluster has only database 0 (redis.cluster=true)" (int .Values.redis.databaseIndex)) }}
+{{- end }}
+{{- else }}
+{{- if contains "," .Values.redis.address }}
+{{- fail "redis.address names several nodes (comma-separated) but redis.cluster is false: set redis.cluster=true for a Redis Cluster, or give the one host:port" }}
+{{- end }}
+{{- if and (not .Values.redis.existingSecret) (contains "," .Values.redis.url) }}
+{{- fail "redis.url names several nodes (comma-separated) but redis.cluster is false: set redis.cluster=true for a Redis Cluster" }}
+{{- end }}
+{{- end }}
+{{- $_ := include "rowpipe.consumer.servedShards" . }}
+{{- end }}
+
+{{/*
+The stream's shard keys, in shard order, as a JSON list (fromJsonArray):
+[stream.name] with one shard, else <stream.name>:{<tag>} for shard i of N with
+the tags of files/shard-tags.yaml, which `rowpipe shards --table` prints from
+the programs' own code (the chart cannot compute CRC16), so the KEDA triggers
+watch exactly the keys the programs use. scripts/chart_checks.py recomputes
+them from the table.
+*/}}
+{{- define "rowpipe.streamKeys" -}}
+{{- $n := int .Values.stream.shards }}
+{{- if le $n 1 }}
+{{- list .Values.stream.name | toJson }}
+{{- else }}
+{{- $table := .Files.Get "files/shard-tags.yaml" | fromYaml }}
+{{- $tags := index $table (toString $n) }}
+{{- if ne (len $tags) $n }}
+{{- fail (printf "files/shard-tags.yaml has no %d tags for stream.shards=%d (regenerate it with `rowpipe shards --table`)" $n $n) }}
+{{- end }}
+{{- $keys := list }}
+{{- range $tags }}
+{{- $keys = append $keys (printf "%s:{%s}" $.Values.stream.name .) }}
+{{- end }}
+{{- $keys | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The shard indexes the consumer Deployment serves, in order, as a JSON list:
+consumer.shards ("0,3-5"; empty: all of stream.shards), parsed as the consumer
+parses ROWPIPE_SHARDS; a shard the stream does not have fails the render.
+*/}}
+{{- define "rowpipe.consumer.servedShards" -}}
+{{- $n := int .Values.stream.shards }}
+{{- $spec := trim .Values.consumer.shards }}
+{{- $wanted := dict }}
+{{- if $spec }}
+{{- range $part := splitList "," $spec }}
+{{- $ends := splitList "-" (trim $part) }}
+{{- $from := int (trim (first $ends)) }}
+{{- $to := int (trim (last $ends)) }}
+{{- if gt $from $to }}
+{{- fail (printf "consumer.shards %q: the range %q is empty" $spec $part) }}
+{{- end }}
+{{- if ge $to $n }}
+{{- fail (printf "consumer.shards %q names shard %d, but stream.shards=%d has shards 0-%d" $spec $to $n (sub $n 1)) }}
+{{- end }}
+{{- range $i := untilStep $from (add $to 1 | int) 1 }}
+{{- $_ := set $wanted (toString $i) true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $served := list }}
+{{- range $i := until $n }}
+{{- if or (not $spec) (hasKey $wanted (toString $i)) }}
+{{- $served = append $served $i }}
+{{- end }}
+{{- end }}
+{{- $served | toJson }}
 {{- end }}
 
 {{/*
@@ -259,10 +335,13 @@ failureThreshold: {{ .failureThreshold }}
       key: {{ .Values.database.urlKey }}
 {{- end }}
 
-{{/* Non-secret configuration shared by every program (ConfigMap data). */}}
+{{/* Non-secret configuration shared by every program (ConfigMap data). Every program,
+the migration included, must see the same shard count and Redis topology. */}}
 {{- define "rowpipe.commonEnv" -}}
 ROWPIPE_STREAM: {{ .Values.stream.name | quote }}
 ROWPIPE_GROUP: {{ .Values.stream.group | quote }}
+ROWPIPE_STREAM_SHARDS: {{ .Values.stream.shards | int64 | quote }}
+ROWPIPE_REDIS_CLUSTER: {{ .Values.redis.cluster | quote }}
 RUST_LOG: {{ .Values.logging.level | quote }}
 ROWPIPE_LOG_FORMAT: {{ .Values.logging.format | quote }}
 {{- if .Values.otel.endpoint }}
@@ -286,9 +365,21 @@ Usage: include "rowpipe.portOf" "redis-master.data.svc:6380"
 {{- end }}
 {{- end }}
 
-{{/* TCP port of Redis: the port of redis.address (KEDA reads the same), else 6379. */}}
-{{- define "rowpipe.redisPort" -}}
-{{- include "rowpipe.portOf" .Values.redis.address | default "6379" }}
+{{/*
+TCP ports of Redis, as a JSON list: the distinct ports of redis.address (KEDA
+reads the same; with redis.cluster, one host:port per seed node), else 6379.
+A cluster's clients reach every node on its client port (MOVED redirects), so
+the list must hold each client port in use; the cluster bus is node to node.
+*/}}
+{{- define "rowpipe.redisPorts" -}}
+{{- $ports := list }}
+{{- range (splitList "," .Values.redis.address) }}
+{{- $p := include "rowpipe.portOf" (trim .) }}
+{{- if $p }}
+{{- $ports = append $ports (int $p) }}
+{{- end }}
+{{- end }}
+{{- $ports | default (list 6379) | uniq | toJson }}
 {{- end }}
 
 {{/* TCP port of the OTLP collector: the port of otel.endpoint, else the protocol's default. */}}
@@ -310,10 +401,12 @@ Usage: include "rowpipe.egressRules" .
       protocol: UDP
     - port: 53
       protocol: TCP
-# Redis
+# Redis{{ if .Values.redis.cluster }} (every cluster node's client port){{ end }}
 - ports:
-    - port: {{ include "rowpipe.redisPort" . }}
+    {{- range (include "rowpipe.redisPorts" . | fromJsonArray) }}
+    - port: {{ int . }}
       protocol: TCP
+    {{- end }}
   {{- with ($np.redisTo | default $np.egressTo) }}
   to:
     {{- toYaml . | nindent 4 }}
