@@ -74,7 +74,7 @@ pub async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
             );
             let report = replay::replay(
                 &mut con,
-                &stream.stream,
+                &stream.shards(),
                 &stream.dead_letter_stream(),
                 &selection,
                 |r| bar.set_position(r.replayed as u64),
@@ -96,9 +96,11 @@ pub async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(stream: &StreamConfig) -> anyhow::Result<redis::aio::ConnectionManager> {
+async fn connect(stream: &StreamConfig) -> anyhow::Result<rowpipe_core::stream::Connection> {
     stream.validate()?;
-    rowpipe_core::stream::connect(&stream.redis_url)
+    stream
+        .redis_target()
+        .connect()
         .await
         .with_context(|| format!("connecting to {}", redact(&stream.redis_url)))
 }

@@ -10,6 +10,8 @@
 //! * `rowpipe status ID`, `rowpipe rejects ID`, `rowpipe list`.
 //! * `rowpipe dead-letters list|replay`: what the consumers gave up on, and
 //!   sending it through again ([`dead_letters`]).
+//! * `rowpipe shards [--table]`: the stream's shard keys, or the chart's
+//!   table of them.
 
 mod dead_letters;
 
@@ -101,6 +103,16 @@ enum Command {
     /// replay it once the cause is fixed.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Print the stream's shard keys (`ROWPIPE_STREAM_SHARDS`) with their
+    /// hash slots, or with `--table` the table of hash tags the Helm chart
+    /// reads (`charts/rowpipe/files/shard-tags.yaml`).
+    Shards {
+        #[command(flatten)]
+        stream: StreamConfig,
+        /// Print the chart's table instead.
+        #[arg(long)]
+        table: bool,
+    },
 }
 
 #[tokio::main]
@@ -120,6 +132,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stream,
             skip_stream,
         } => migrate(database, stream, skip_stream).await,
+        Command::Shards { stream, table } => {
+            if table {
+                print!("{}", rowpipe_core::stream::shards::chart_table());
+            } else {
+                stream.validate()?;
+                for (i, key) in stream.shards().keys().iter().enumerate() {
+                    let slot = rowpipe_core::stream::shards::slot(key.as_bytes());
+                    println!("{i}\t{key}\tslot {slot}");
+                }
+            }
+            Ok(())
+        }
         Command::Upload {
             api,
             file,
@@ -202,19 +226,16 @@ async fn migrate(
     );
     if !skip_stream {
         stream.validate()?;
-        let mut con = rowpipe_core::stream::connect(&stream.redis_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to {}",
-                    rowpipe_core::config::redact(&stream.redis_url)
-                )
-            })?;
-        rowpipe_core::stream::ensure_group(&mut con, &stream.stream, &stream.group).await?;
-        println!(
-            "stream {} has consumer group {}",
-            stream.stream, stream.group
-        );
+        let mut con = stream.redis_target().connect().await.with_context(|| {
+            format!(
+                "connecting to {}",
+                rowpipe_core::config::redact(&stream.redis_url)
+            )
+        })?;
+        for key in stream.shards().keys() {
+            rowpipe_core::stream::ensure_group(&mut con, key, &stream.group).await?;
+            println!("stream {key} has consumer group {}", stream.group);
+        }
     }
     Ok(())
 }

@@ -56,6 +56,12 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_WORKERS", default_value_t = 2)]
     pub workers: usize,
 
+    /// The stream shards this process serves: empty or `all` for every one
+    /// of `ROWPIPE_STREAM_SHARDS`, or a list such as `0,3-5` for consumers
+    /// pinned to shards. Every shard must be served by some consumer.
+    #[arg(long, env = "ROWPIPE_SHARDS", default_value = "")]
+    pub shards: String,
+
     /// Entries pending this long on another (presumably dead) consumer are
     /// claimed with XAUTOCLAIM.
     #[arg(long, env = "ROWPIPE_CLAIM_IDLE_MS", default_value_t = 30_000)]
@@ -218,7 +224,19 @@ impl Config {
             anyhow::bail!("ROWPIPE_MAX_DELIVERIES must be at least 1");
         }
         self.mail_domain.validate()?;
+        self.served_shards()?;
         Ok(())
+    }
+
+    /// The shards this process serves (`ROWPIPE_SHARDS` of
+    /// `ROWPIPE_STREAM_SHARDS`), in order.
+    pub fn served_shards(&self) -> anyhow::Result<Vec<usize>> {
+        let served = rowpipe_core::stream::shards::ShardSet::parse(&self.shards)?
+            .resolve(self.stream.shards().count())?;
+        if served.is_empty() {
+            anyhow::bail!("ROWPIPE_SHARDS names no shard");
+        }
+        Ok(served)
     }
 
     pub fn policy(&self) -> EmailPolicy {

@@ -27,11 +27,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rowpipe_core::now_ms;
 use rowpipe_core::store::accounting::rows_in;
 use rowpipe_core::store::{AccountingCandidate, Store, UploadRecord, UploadStatus};
 use rowpipe_core::stream;
+use rowpipe_core::stream::Connection;
 
 /// What one sweep did, for the log and the tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,8 +47,8 @@ pub struct LossReport {
 /// Where the sweep looks, and how long an upload may sit still.
 pub struct LossSweep<'a> {
     pub store: &'a Store,
-    pub con: &'a mut ConnectionManager,
-    pub stream: &'a str,
+    pub con: &'a mut Connection,
+    pub shards: &'a stream::shards::Shards,
     pub group: &'a str,
     pub stall: Duration,
 }
@@ -163,20 +163,36 @@ impl LossSweep<'_> {
     }
 
     /// Whether an entry of the upload's id range is still undelivered or
-    /// pending. The range ends at its last entry, or at the stream's tip
-    /// when that was not recorded (every entry of it is at or below).
+    /// pending, in any shard. The range ends at its last entry, or at the
+    /// stream's tip when that was not recorded (every entry of it is at or
+    /// below).
+    ///
+    /// With shards, the range is the upload's least and greatest id over
+    /// all of them, and each shard is asked about all of it: ids of
+    /// different shards come from different servers' clocks, so the range
+    /// starts [`CLOCK_SKEW`] earlier (an entry of a shard whose clock runs
+    /// behind may be older than the first id recorded). Other uploads'
+    /// entries in the range only delay the answer.
     async fn still_in_stream(&mut self, candidate: &AccountingCandidate) -> anyhow::Result<bool> {
         let last = match &candidate.last_entry_id {
             Some(last) => last.clone(),
-            None => stream::tip(self.con, self.stream).await?,
+            None => stream::tip_of_shards(self.con, self.shards).await?,
         };
-        Ok(stream::holds_range(
-            self.con,
-            self.stream,
-            self.group,
-            candidate.first_entry_id.as_deref(),
-            &last,
-        )
-        .await?)
+        let first = match (&candidate.first_entry_id, self.shards.count()) {
+            (Some(first), 1) => Some(first.clone()),
+            (Some(first), _) => stream::parse_id(first)
+                .map(|(ms, _)| format!("{}-0", ms.saturating_sub(CLOCK_SKEW.as_millis() as u64))),
+            (None, _) => None,
+        };
+        for key in self.shards.keys() {
+            if stream::holds_range(self.con, key, self.group, first.as_deref(), &last).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
+
+/// How far apart the clocks of a cluster's primaries may be for loss
+/// detection to stay safe with shards (see [`LossSweep::still_in_stream`]).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);

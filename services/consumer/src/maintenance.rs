@@ -9,26 +9,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncTypedCommands;
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
 use rowpipe_core::stream;
+use rowpipe_core::stream::Connection;
 
 use crate::config::Config;
 
 /// Consumers idle this long with nothing pending are removed from the group.
 const FORGET_IDLE: Duration = Duration::from_secs(3600);
 
-/// One round of housekeeping.
+/// One round of housekeeping on one shard (`stream_key`, shard `shard`).
 pub async fn tick(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     stream_key: &str,
     group: &str,
+    shard: usize,
 ) -> redis::RedisResult<()> {
     // A Redis that lost the queue is healed here too, within one period,
     // whatever the workers are doing (BUSYGROUP, the usual answer, is free).
     stream::ensure_group(con, stream_key, group).await?;
-    stream::sample_backlog_gauges(con, stream_key, group).await?;
+    stream::sample_backlog_gauges(con, stream_key, group, shard).await?;
     let trimmed = stream::trim_acknowledged(con, stream_key).await?;
     if trimmed > 0 {
         metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
@@ -49,15 +50,21 @@ pub async fn tick(
 /// [`crate::loss`]) every `every` until shutdown.
 pub async fn run(
     store: Store,
-    mut con: ConnectionManager,
+    mut con: Connection,
     config: Arc<Config>,
     every: Duration,
     mut shutdown: Shutdown,
 ) {
-    let (stream_key, group) = (&config.stream.stream, &config.stream.group);
+    let group = &config.stream.group;
+    let shards = config.stream.shards();
+    // Housekeeping of the shards this process serves; the sweeps below look
+    // at every shard, since an upload's rows are in all of them.
+    let served = config.served_shards().unwrap_or_default();
     loop {
-        if let Err(e) = tick(&mut con, stream_key, group).await {
-            tracing::debug!(error = %e, "housekeeping failed");
+        for &shard in &served {
+            if let Err(e) = tick(&mut con, shards.key(shard), group, shard).await {
+                tracing::debug!(error = %e, shard, "housekeeping failed");
+            }
         }
         if let Err(e) = crate::completion::sweep(&store).await {
             metrics::counter!("rowpipe_db_errors_total").increment(1);
@@ -66,7 +73,7 @@ pub async fn run(
         if let Err(e) = rowpipe_core::store::leases::interrupt_lapsed(
             &store,
             &mut con,
-            stream_key,
+            &shards,
             config.lease.lease_ms(),
         )
         .await
@@ -76,7 +83,7 @@ pub async fn run(
         let mut losses = crate::loss::LossSweep {
             store: &store,
             con: &mut con,
-            stream: stream_key,
+            shards: &shards,
             group,
             stall: config.stall(),
         };

@@ -15,15 +15,16 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::mail_domain::MailDomains;
 use crate::reclaim::ReclaimTurns;
-use crate::worker::{Health, Worker};
+use crate::worker::{Health, ServedShards, Worker};
 
 /// A built consumer: connected, schema checked, HTTP port bound.
 pub struct Application {
     config: Arc<Config>,
     store: Store,
-    redis: redis::aio::ConnectionManager,
+    redis: rowpipe_core::stream::Connection,
     health: Arc<Health>,
-    reclaim_turns: Arc<ReclaimTurns>,
+    /// The shards this process serves, each with its reclaim turns.
+    shards: ServedShards,
     /// The deliverability check its workers share (one cache per process).
     mail_domains: Option<Arc<MailDomains>>,
     listener: TcpListener,
@@ -41,20 +42,27 @@ impl Application {
         // Refuse rather than migrate: many replicas must not race to change
         // the schema; the migration Job (`rowpipe migrate`) does that.
         store.check_schema().await?;
-        let mut redis = rowpipe_core::stream::connect(&config.stream.redis_url).await?;
-        rowpipe_core::stream::ensure_group(&mut redis, &config.stream.stream, &config.stream.group)
-            .await?;
+        let mut redis = config.stream.redis_target().connect().await?;
+        let keys = config.stream.shards();
+        let mut shards = ServedShards::new();
+        for shard in config.served_shards()? {
+            rowpipe_core::stream::ensure_group(&mut redis, keys.key(shard), &config.stream.group)
+                .await?;
+            shards.push((
+                shard,
+                Arc::new(ReclaimTurns::new(config.reclaim_interval())),
+            ));
+        }
         let listener = TcpListener::bind(config.metrics_listen).await?;
         let port = listener.local_addr()?.port();
         let base_name = config.consumer_base_name();
-        let reclaim_turns = Arc::new(ReclaimTurns::new(config.reclaim_interval()));
         let mail_domains = MailDomains::from_config(&config)?;
         Ok(Self {
             config: Arc::new(config),
             store,
             redis,
             health: Arc::new(Health::default()),
-            reclaim_turns,
+            shards,
             mail_domains,
             listener,
             port,
@@ -67,14 +75,19 @@ impl Application {
     }
 
     /// A worker with its own connections, for tests that drive batches.
+    /// It serves every shard of the process, its first turn on the
+    /// `index`-th (so the workers start spread over the shards).
     pub async fn worker(&self, index: usize) -> anyhow::Result<Worker> {
+        let mut shards = self.shards.clone();
+        let first = index % shards.len().max(1);
+        shards.rotate_left(first);
         Worker::new(
             format!("{}-w{index}", self.base_name),
             self.config.clone(),
             self.store.clone(),
             self.redis.clone(),
             self.health.clone(),
-            self.reclaim_turns.clone(),
+            shards,
         )
         .await
         .map(|w| w.with_mail_domains(self.mail_domains.clone()))
@@ -88,7 +101,7 @@ impl Application {
         let mut workers = Vec::new();
         for i in 0..self.config.workers {
             let worker = self.worker(i).await?;
-            tracing::info!(consumer = %worker.name(), stream = %self.config.stream.stream, group = %self.config.stream.group, "consumer started");
+            tracing::info!(consumer = %worker.name(), stream = %self.config.stream.stream, shards = %self.config.stream.stream_shards, served = ?self.shards.iter().map(|(s, _)| s).collect::<Vec<_>>(), group = %self.config.stream.group, "consumer started");
             workers.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         let housekeeping = tokio::spawn(crate::maintenance::run(

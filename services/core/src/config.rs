@@ -26,12 +26,42 @@ pub struct StreamConfig {
     /// Consumer group that consumers join (created with MKSTREAM if missing).
     #[arg(long, env = "ROWPIPE_GROUP", default_value = DEFAULT_GROUP)]
     pub group: String,
+
+    /// `REDIS_URL` names the seed nodes of a Redis Cluster (one or more
+    /// comma-separated `redis://` or `rediss://` URLs): the topology is
+    /// discovered from them, `MOVED`/`ASK` redirections are followed, and a
+    /// failover is followed without a restart.
+    #[arg(long, env = "ROWPIPE_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+
+    /// Keys the stream is split into (1 to 64). 1 is the stream key itself;
+    /// N > 1 is N keys `<stream>:{<tag>}` whose hash tags spread them over
+    /// a cluster's primaries, each with its own consumer group, rows routed
+    /// by their normalized email (see `docs/scaling.md`). Every program of
+    /// a deployment must have the same value; changing it needs the stream
+    /// drained first.
+    #[arg(long, env = "ROWPIPE_STREAM_SHARDS", default_value_t = 1)]
+    pub stream_shards: u16,
 }
 
 impl StreamConfig {
     /// Checks that fail fast at start rather than at the first row.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.redis_url.starts_with("redis://")
+        if self.redis_cluster {
+            for url in self.redis_urls() {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    anyhow::bail!(
+                        "with ROWPIPE_REDIS_CLUSTER=true, REDIS_URL is comma-separated redis:// or rediss:// URLs of cluster nodes (got {:?})",
+                        redact(url)
+                    );
+                }
+            }
+        } else if self.redis_url.contains(',') {
+            anyhow::bail!(
+                "REDIS_URL names several servers: set ROWPIPE_REDIS_CLUSTER=true for a Redis Cluster (got {:?})",
+                redact(&self.redis_url)
+            );
+        } else if !(self.redis_url.starts_with("redis://")
             || self.redis_url.starts_with("rediss://")
             || self.redis_url.starts_with("redis+unix://")
             || self.redis_url.starts_with("unix://"))
@@ -41,6 +71,19 @@ impl StreamConfig {
                 redact(&self.redis_url)
             );
         }
+        if !(1..=crate::stream::shards::MAX_SHARDS).contains(&self.stream_shards) {
+            anyhow::bail!(
+                "ROWPIPE_STREAM_SHARDS must be between 1 and {} (got {})",
+                crate::stream::shards::MAX_SHARDS,
+                self.stream_shards
+            );
+        }
+        if self.stream_shards > 1 && self.stream.contains('{') {
+            anyhow::bail!(
+                "ROWPIPE_STREAM {:?} has a hash tag of its own: with ROWPIPE_STREAM_SHARDS > 1 every shard would hash to its slot; drop the braces",
+                self.stream
+            );
+        }
         if self.stream.trim().is_empty() {
             anyhow::bail!("ROWPIPE_STREAM must not be empty");
         }
@@ -48,6 +91,27 @@ impl StreamConfig {
             anyhow::bail!("ROWPIPE_GROUP must not be empty");
         }
         Ok(())
+    }
+
+    /// The seed URLs of `REDIS_URL` (one unless it names cluster nodes).
+    pub fn redis_urls(&self) -> impl Iterator<Item = &str> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// Where Redis is: one server or a cluster's seed nodes.
+    pub fn redis_target(&self) -> crate::stream::RedisTarget {
+        crate::stream::RedisTarget {
+            urls: self.redis_urls().map(str::to_string).collect(),
+            cluster: self.redis_cluster,
+        }
+    }
+
+    /// The stream's shard keys.
+    pub fn shards(&self) -> crate::stream::shards::Shards {
+        crate::stream::shards::Shards::new(&self.stream, self.stream_shards)
     }
 
     /// The dead-letter stream for entries that failed too often.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::{self, ShutdownTrigger};
 use rowpipe_core::store::Store;
+use rowpipe_core::stream::Connection;
 use rowpipe_upload::config::Config;
 use serde_json::Value;
 use sqlx::Row;
@@ -27,7 +27,7 @@ pub struct TestApp {
     pub stream: String,
     pub group: String,
     pub store: Store,
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub client: reqwest::Client,
     trigger: ShutdownTrigger,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use rowpipe_core::stream::Connection;
 use serde_json::Value;
 
 /// Assert that an upload's status accounts for each of its `rows` exactly
@@ -20,7 +20,7 @@ pub fn assert_every_row_counted_once(status: &Value, rows: i64) {
 }
 
 /// Acknowledged entries of a group so far (delivered minus pending).
-pub async fn acknowledged(con: &mut ConnectionManager, stream: &str, group: &str) -> u64 {
+pub async fn acknowledged(con: &mut Connection, stream: &str, group: &str) -> u64 {
     use redis::AsyncTypedCommands;
     let groups = con.xinfo_groups(stream).await.expect("XINFO GROUPS").groups;
     let g = groups.into_iter().find(|g| g.name == group).expect("group");

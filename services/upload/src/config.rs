@@ -91,6 +91,19 @@ pub struct Config {
     #[arg(long, env = "ROWPIPE_ENQUEUE_BATCH", default_value_t = 500)]
     pub enqueue_batch: usize,
 
+    /// Replicas that must confirm each XADD pipeline (`WAIT`) before its
+    /// rows count as enqueued; 0: none (Redis replicates asynchronously,
+    /// so a primary that dies may take its last writes with it). When fewer
+    /// confirm within `ROWPIPE_REDIS_WAIT_TIMEOUT_MS` the pipeline is
+    /// written again, and after its attempts the upload fails, resumable.
+    #[arg(long, env = "ROWPIPE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Milliseconds `WAIT` waits for the replicas of
+    /// `ROWPIPE_REDIS_WAIT_REPLICAS`.
+    #[arg(long, env = "ROWPIPE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_wait_timeout_ms: u64,
+
     /// Window in seconds within which a re-upload of the same content (the
     /// same sha256, sent by the client in `X-Content-SHA256` as 64 hex digits)
     /// returns the earlier upload. 0 disables it.

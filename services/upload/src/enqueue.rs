@@ -14,6 +14,21 @@
 //! what every group has acknowledged itself (`XTRIM MINID`, never past an
 //! unacknowledged entry), and only waits for what is left.
 //!
+//! With `ROWPIPE_STREAM_SHARDS` > 1 each batch is split by shard (the hash
+//! of each row's normalized email, see [`rowpipe_core::stream::shards`])
+//! and each shard's part is one pipeline of its own, to that shard's key
+//! (on a cluster, its primary), the parts written concurrently. The
+//! backlog bounds are the whole stream's: each shard may hold its share
+//! (the bound divided by the shard count), so no one primary holds more.
+//!
+//! With `ROWPIPE_REDIS_WAIT_REPLICAS=K` each pipeline ends with `WAIT K
+//! timeout`, on the same connection as its `XADD`s: Redis replicates
+//! asynchronously, and a primary that dies before its replica has the rows
+//! would lose rows the upload had counted as enqueued. The rows are only
+//! counted once K replicas confirm; when fewer do, the pipeline is written
+//! again (consumers record each row once) and after its attempts the upload
+//! fails, resumable.
+//!
 //! Entries are counted, and their bytes too (`ROWPIPE_MAX_BACKLOG_BYTES`,
 //! read with `MEMORY USAGE … SAMPLES`): rows may be up to a mebibyte, so a
 //! bound on entries alone does not bound memory. Both are measured before
@@ -22,7 +37,8 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use rowpipe_core::stream::Connection;
+use rowpipe_core::stream::shards::Shards;
 use rowpipe_core::stream::{self, EntryBody, StreamEntry};
 use tracing::Instrument;
 
@@ -32,11 +48,28 @@ const WRITE_ATTEMPTS: u32 = 10;
 /// Where and how to write.
 #[derive(Clone, Debug)]
 pub struct EnqueueConfig {
-    pub stream: String,
+    /// The stream's shard keys (one: the stream key itself).
+    pub shards: Shards,
     pub group: String,
+    /// Entries the whole stream may hold before writers wait.
     pub max_backlog: u64,
-    /// Bytes the stream may hold before writers wait.
+    /// Bytes the whole stream may hold before writers wait.
     pub max_backlog_bytes: u64,
+    /// Replicas that must confirm each pipeline (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long `WAIT` waits for them.
+    pub wait_timeout: Duration,
+}
+
+impl EnqueueConfig {
+    /// One shard's share of the bounds (entries, bytes).
+    fn shard_bounds(&self) -> (u64, u64) {
+        let n = self.shards.count().max(1) as u64;
+        (
+            self.max_backlog.div_ceil(n),
+            self.max_backlog_bytes.div_ceil(n),
+        )
+    }
 }
 
 /// Nodes `MEMORY USAGE` samples to estimate the stream's bytes: enough for
@@ -45,7 +78,7 @@ const MEMORY_SAMPLES: u32 = 16;
 
 /// The stream's length and its memory in Redis (estimated), in one round
 /// trip; 0 and 0 when it does not exist.
-async fn measure(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<(u64, u64)> {
+async fn measure(con: &mut Connection, stream: &str) -> redis::RedisResult<(u64, u64)> {
     let (length, bytes): (u64, Option<u64>) = redis::pipe()
         .cmd("XLEN")
         .arg(stream)
@@ -59,7 +92,9 @@ async fn measure(con: &mut ConnectionManager, stream: &str) -> redis::RedisResul
     Ok((length, bytes.unwrap_or(0)))
 }
 
-/// The ids Redis gave the first and the last entry of one pipeline.
+/// The ids Redis gave the first and the last entry of one write: of one
+/// pipeline, or over the pipelines of all shards (the least and the
+/// greatest id, by number).
 ///
 /// Only these two are kept: they bound the upload's entries in the stream
 /// (what the consumers' loss check needs), and taking them out of the
@@ -70,28 +105,64 @@ pub struct EntryIds {
     pub last: String,
 }
 
-impl redis::FromRedisValue for EntryIds {
+impl EntryIds {
+    /// The range covering both.
+    pub fn union(self, other: EntryIds) -> EntryIds {
+        EntryIds {
+            first: stream::earlier_id(self.first, other.first),
+            last: stream::later_id(self.last, other.last),
+        }
+    }
+}
+
+/// A pipeline's reply: the ids of its `XADD`s, and how many replicas
+/// confirmed them if it ended with `WAIT`.
+struct PipelineReply {
+    ids: EntryIds,
+    replicas: Option<i64>,
+}
+
+impl redis::FromRedisValue for PipelineReply {
     fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
-        // A pipeline's reply: one id per XADD. Server errors in it were
-        // turned into an error of the whole call before this conversion.
-        let redis::Value::Array(mut ids) = v else {
+        // One id per XADD, then WAIT's count if asked. Server errors in it
+        // were turned into an error of the whole call before this.
+        let redis::Value::Array(mut items) = v else {
             return Err("an XADD pipeline's reply is not an array".into());
         };
-        let last = ids.pop().ok_or("an XADD pipeline replied with no ids")?;
+        let replicas = match items.last() {
+            Some(redis::Value::Int(n)) => {
+                let n = *n;
+                items.pop();
+                Some(n)
+            }
+            _ => None,
+        };
+        let last = items.pop().ok_or("an XADD pipeline replied with no ids")?;
         let last: String = redis::from_redis_value(last)?;
-        let first = if ids.is_empty() {
+        let first = if items.is_empty() {
             last.clone()
         } else {
-            redis::from_redis_value(ids.swap_remove(0))?
+            redis::from_redis_value(items.swap_remove(0))?
         };
-        Ok(EntryIds { first, last })
+        Ok(PipelineReply {
+            ids: EntryIds { first, last },
+            replicas,
+        })
     }
 }
 
 /// Writes batches to the stream, waiting while the backlog is too large.
 pub struct Enqueuer {
-    con: ConnectionManager,
+    /// One writer per shard, each with its handle on the connection.
+    shards: Vec<ShardWriter>,
+}
+
+/// The writer of one shard.
+struct ShardWriter {
+    con: Connection,
     config: EnqueueConfig,
+    /// The shard's key.
+    stream: String,
 }
 
 /// Why a batch could not be written.
@@ -101,13 +172,76 @@ pub enum EnqueueError {
     Redis(#[from] redis::RedisError),
     #[error("shutting down while waiting for consumers to catch up")]
     ShuttingDown,
+    #[error(
+        "Redis replication: {confirmed} of {wanted} replicas confirmed the rows within {timeout_ms} ms (ROWPIPE_REDIS_WAIT_REPLICAS)"
+    )]
+    NotReplicated {
+        confirmed: i64,
+        wanted: u32,
+        timeout_ms: u128,
+    },
 }
 
 impl Enqueuer {
-    pub fn new(con: ConnectionManager, config: EnqueueConfig) -> Self {
-        Self { con, config }
+    pub fn new(con: Connection, config: EnqueueConfig) -> Self {
+        let shards = config
+            .shards
+            .keys()
+            .iter()
+            .map(|key| ShardWriter {
+                con: con.clone(),
+                config: config.clone(),
+                stream: key.clone(),
+            })
+            .collect();
+        Self { shards }
     }
 
+    /// Write one batch, each shard's rows in one pipeline (the shards'
+    /// pipelines at once), under a producer span each; returns the ids of
+    /// its first and last entry over all shards (None for an empty batch).
+    pub async fn write(
+        &mut self,
+        upload_id: &str,
+        batch: &[StreamEntry],
+        shutdown: &mut rowpipe_core::shutdown::Shutdown,
+    ) -> Result<Option<EntryIds>, EnqueueError> {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        if self.shards.len() == 1 {
+            let entries: Vec<&StreamEntry> = batch.iter().collect();
+            return self.shards[0].write(upload_id, &entries, shutdown).await;
+        }
+        let mut parts: Vec<Vec<&StreamEntry>> = vec![Vec::new(); self.shards.len()];
+        let routing = self.shards[0].config.shards.clone();
+        for entry in batch {
+            parts[shard_of(&routing, entry)].push(entry);
+        }
+        let writes = self
+            .shards
+            .iter_mut()
+            .zip(parts)
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(writer, part)| {
+                let mut shutdown = shutdown.clone();
+                async move { writer.write(upload_id, &part, &mut shutdown).await }
+            });
+        let written = futures::future::try_join_all(writes).await?;
+        Ok(written.into_iter().flatten().reduce(EntryIds::union))
+    }
+}
+
+/// The shard of an entry: by its normalized email (see
+/// [`Shards::for_raw_email`]); a row rejected at intake goes to shard 0.
+fn shard_of(shards: &Shards, entry: &StreamEntry) -> usize {
+    match &entry.body {
+        EntryBody::Row(fields) => shards.for_raw_email(fields.email.as_deref()),
+        EntryBody::Rejected { .. } => 0,
+    }
+}
+
+impl ShardWriter {
     /// Wait until the backlog leaves room for `incoming` more rows of
     /// `incoming_bytes`. Measured every time: concurrent writers do not see
     /// each other's pipelines otherwise.
@@ -120,7 +254,7 @@ impl Enqueuer {
         let mut delay = Duration::from_millis(20);
         let mut waited = false;
         let started = Instant::now();
-        let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
+        let (max, max_bytes) = self.config.shard_bounds();
         let mut failures = 0;
         loop {
             // A Redis that restarts or fails over is retried as the write
@@ -154,6 +288,7 @@ impl Enqueuer {
                 waited = true;
                 metrics::counter!("rowpipe_upload_backpressure_waits_total").increment(1);
                 tracing::info!(
+                    stream = %self.stream,
                     backlog = length,
                     backlog_bytes = bytes,
                     max_backlog = max,
@@ -176,31 +311,30 @@ impl Enqueuer {
         incoming: u64,
         incoming_bytes: u64,
     ) -> redis::RedisResult<(u64, u64)> {
-        let (max, max_bytes) = (self.config.max_backlog, self.config.max_backlog_bytes);
-        let (length, bytes) = measure(&mut self.con, &self.config.stream).await?;
+        let (max, max_bytes) = self.config.shard_bounds();
+        let (length, bytes) = measure(&mut self.con, &self.stream).await?;
         if length + incoming <= max && bytes + incoming_bytes <= max_bytes {
             return Ok((length, bytes));
         }
         // Full: what every group acknowledged goes first (the group's
         // backlog is read only now, it costs round trips).
-        let backlog =
-            stream::backlog(&mut self.con, &self.config.stream, &self.config.group).await?;
+        let backlog = stream::backlog(&mut self.con, &self.stream, &self.config.group).await?;
         if backlog.length > backlog.unacknowledged() {
-            let trimmed = stream::trim_acknowledged(&mut self.con, &self.config.stream).await?;
+            let trimmed = stream::trim_acknowledged(&mut self.con, &self.stream).await?;
             if trimmed > 0 {
                 metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
-                return measure(&mut self.con, &self.config.stream).await;
+                return measure(&mut self.con, &self.stream).await;
             }
         }
         Ok((length, bytes))
     }
 
-    /// Write one batch in one pipeline, under a producer span; returns the
-    /// ids of its first and last entry (None for an empty batch).
-    pub async fn write(
+    /// Write one shard's part of a batch in one pipeline, under a producer
+    /// span; returns the ids of its first and last entry.
+    async fn write(
         &mut self,
         upload_id: &str,
-        batch: &[StreamEntry],
+        batch: &[&StreamEntry],
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
     ) -> Result<Option<EntryIds>, EnqueueError> {
         if batch.is_empty() {
@@ -213,11 +347,11 @@ impl Enqueuer {
         let last = batch.last().map(|e| e.row_number).unwrap_or(0);
         let span = tracing::info_span!(
             "rowpipe.enqueue",
-            otel.name = format!("{} publish", self.config.stream),
+            otel.name = format!("{} publish", self.stream),
             otel.kind = "producer",
             messaging.system = "redis",
             messaging.operation.type = "send",
-            messaging.destination.name = %self.config.stream,
+            messaging.destination.name = %self.stream,
             messaging.batch.message_count = batch.len(),
             rowpipe.upload_id = %upload_id,
             rowpipe.row_number_start = first,
@@ -226,7 +360,13 @@ impl Enqueuer {
         let trace = rowpipe_core::telemetry::inject(&span);
         let mut pipe = redis::pipe();
         for entry in batch.iter() {
-            pipe.xadd(&self.config.stream, "*", &entry.to_fields_traced(&trace));
+            pipe.xadd(&self.stream, "*", &entry.to_fields_traced(&trace));
+        }
+        let (wanted, timeout) = (self.config.wait_replicas, self.config.wait_timeout);
+        if wanted > 0 {
+            // On the connection of the XADDs (a cluster pipeline goes whole
+            // to the node of its first key), so it waits for these writes.
+            pipe.cmd("WAIT").arg(wanted).arg(timeout.as_millis() as u64);
         }
         // A failed pipeline may have written part of the batch; writing it
         // again is safe because consumers record each (upload, row) once.
@@ -234,27 +374,39 @@ impl Enqueuer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result: redis::RedisResult<EntryIds> = pipe
+            let result: redis::RedisResult<PipelineReply> = pipe
                 .query_async(&mut self.con)
                 .instrument(span.clone())
                 .await;
-            match result {
-                Ok(ids) => {
-                    metrics::counter!("rowpipe_upload_rows_enqueued_total")
-                        .increment(batch.len() as u64);
-                    return Ok(Some(ids));
-                }
+            let error = match result {
+                Ok(reply) => match reply.replicas {
+                    Some(confirmed) if confirmed < wanted as i64 => {
+                        metrics::counter!("rowpipe_upload_replication_shortfalls_total")
+                            .increment(1);
+                        EnqueueError::NotReplicated {
+                            confirmed,
+                            wanted,
+                            timeout_ms: timeout.as_millis(),
+                        }
+                    }
+                    _ => {
+                        metrics::counter!("rowpipe_upload_rows_enqueued_total")
+                            .increment(batch.len() as u64);
+                        return Ok(Some(reply.ids));
+                    }
+                },
                 Err(e) => {
                     metrics::counter!("rowpipe_redis_errors_total", "program" => "upload")
                         .increment(1);
-                    if attempt >= WRITE_ATTEMPTS || shutdown.is_requested() {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, attempt, "XADD batch failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(3));
+                    EnqueueError::Redis(e)
                 }
+            };
+            if attempt >= WRITE_ATTEMPTS || shutdown.is_requested() {
+                return Err(error);
             }
+            tracing::warn!(error = %error, stream = %self.stream, attempt, "XADD batch failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
         }
     }
 }

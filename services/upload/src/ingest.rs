@@ -103,10 +103,16 @@ where
                     let reached = batch.last().map(|e| e.row_number).unwrap_or(0);
                     progress.send_modify(|p| {
                         p.rows_enqueued = p.rows_enqueued.max(reached);
-                        if p.first_entry_id.is_none() {
-                            p.first_entry_id = Some(ids.first);
-                        }
-                        p.last_entry_id = Some(ids.last);
+                        // Least and greatest by number: with shards, a later
+                        // pipeline's ids may be below an earlier one's.
+                        p.first_entry_id = Some(match p.first_entry_id.take() {
+                            Some(first) => rowpipe_core::stream::earlier_id(first, ids.first),
+                            None => ids.first,
+                        });
+                        p.last_entry_id = Some(match p.last_entry_id.take() {
+                            Some(last) => rowpipe_core::stream::later_id(last, ids.last),
+                            None => ids.last,
+                        });
                     });
                 }
             }

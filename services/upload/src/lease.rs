@@ -15,10 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use rowpipe_core::config::LeaseConfig;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::{LeaseProgress, Store};
+use rowpipe_core::stream::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -244,8 +244,8 @@ async fn renew(
 /// bound of their entries.
 pub async fn sweep_lapsed(
     store: Store,
-    mut redis: ConnectionManager,
-    stream: String,
+    mut redis: Connection,
+    shards: rowpipe_core::stream::shards::Shards,
     lease: LeaseConfig,
     mut shutdown: Shutdown,
 ) {
@@ -258,7 +258,7 @@ pub async fn sweep_lapsed(
         let swept = rowpipe_core::store::leases::interrupt_lapsed(
             &store,
             &mut redis,
-            &stream,
+            &shards,
             lease.lease_ms(),
         )
         .await;

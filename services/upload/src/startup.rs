@@ -29,8 +29,8 @@ pub struct Application {
 /// and the stream gauges (see [`crate::stream_gauges`]).
 struct Sweep {
     store: Store,
-    redis: redis::aio::ConnectionManager,
-    stream: String,
+    redis: rowpipe_core::stream::Connection,
+    shards: rowpipe_core::stream::shards::Shards,
     group: String,
     lease: rowpipe_core::config::LeaseConfig,
 }
@@ -48,16 +48,20 @@ impl Application {
         )?;
         let store = Store::connect(&config.database).await?;
         store.check_schema().await?;
-        let mut redis = rowpipe_core::stream::connect(&config.stream.redis_url).await?;
-        // The group exists before the first row, so its lag counts every row
-        // and backpressure works before any consumer has started.
-        rowpipe_core::stream::ensure_group(&mut redis, &config.stream.stream, &config.stream.group)
-            .await?;
+        let mut redis = config.stream.redis_target().connect().await?;
+        let shards = config.stream.shards();
+        // The groups exist before the first row, so their lag counts every
+        // row and backpressure works before any consumer has started.
+        for key in shards.keys() {
+            rowpipe_core::stream::ensure_group(&mut redis, key, &config.stream.group).await?;
+        }
         let enqueue = EnqueueConfig {
-            stream: config.stream.stream.clone(),
+            shards,
             group: config.stream.group.clone(),
             max_backlog: config.max_backlog,
             max_backlog_bytes: config.max_backlog_bytes,
+            wait_replicas: config.redis_wait_replicas,
+            wait_timeout: std::time::Duration::from_millis(config.redis_wait_timeout_ms),
         };
         let listener = TcpListener::bind(config.listen).await?;
         let port = listener.local_addr()?.port();
@@ -85,7 +89,7 @@ impl Application {
         let sweep = Sweep {
             store: state.store.clone(),
             redis: state.redis.clone(),
-            stream: state.enqueue.stream.clone(),
+            shards: state.enqueue.shards.clone(),
             group: state.enqueue.group.clone(),
             lease: state.config.lease.clone(),
         };
@@ -138,14 +142,14 @@ impl Application {
         let sweep = self.sweep;
         let gauges = tokio::spawn(crate::stream_gauges::run(
             sweep.redis.clone(),
-            sweep.stream.clone(),
+            sweep.shards.clone(),
             sweep.group,
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(crate::lease::sweep_lapsed(
             sweep.store,
             sweep.redis,
-            sweep.stream,
+            sweep.shards,
             sweep.lease,
             shutdown.clone(),
         ));

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
+use rowpipe_core::stream::Connection;
 
 use crate::config::Config;
 use crate::enqueue::EnqueueConfig;
@@ -19,7 +19,7 @@ use crate::enqueue::EnqueueConfig;
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub enqueue: EnqueueConfig,
     pub shutdown: Shutdown,
     /// This process's id as the holder of upload leases (a uuid drawn at

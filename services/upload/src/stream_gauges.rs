@@ -6,36 +6,40 @@
 //! signal that rows are waiting would vanish exactly when nobody takes them.
 //! The upload service already talks to the same stream and group, so it
 //! exports the same gauges with the same labels; the alerts aggregate with
-//! `max by (stream, group)`, so several exporters read as one.
+//! `max by (stream, group, shard)`, so several exporters read as one.
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::stream;
+use rowpipe_core::stream::Connection;
+use rowpipe_core::stream::shards::Shards;
 
 /// How often the gauges are sampled: as often as the consumers' housekeeping.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-/// Sample the group's backlog once and set the gauges.
+/// Sample each shard's group backlog once and set the gauges; returns the
+/// sum over the shards.
 pub async fn sample(
-    con: &mut ConnectionManager,
-    stream_key: &str,
+    con: &mut Connection,
+    shards: &Shards,
     group: &str,
 ) -> redis::RedisResult<stream::GroupBacklog> {
-    stream::sample_backlog_gauges(con, stream_key, group).await
+    let mut total = stream::GroupBacklog::default();
+    for (shard, key) in shards.keys().iter().enumerate() {
+        let backlog = stream::sample_backlog_gauges(con, key, group, shard).await?;
+        total.lag += backlog.lag;
+        total.pending += backlog.pending;
+        total.length += backlog.length;
+    }
+    Ok(total)
 }
 
 /// Run [`sample`] every [`SAMPLE_EVERY`] until shutdown. A failed sample
 /// keeps the last values (Redis errors are counted where requests meet them).
-pub async fn run(
-    mut con: ConnectionManager,
-    stream_key: String,
-    group: String,
-    mut shutdown: Shutdown,
-) {
+pub async fn run(mut con: Connection, shards: Shards, group: String, mut shutdown: Shutdown) {
     loop {
-        if let Err(e) = sample(&mut con, &stream_key, &group).await {
+        if let Err(e) = sample(&mut con, &shards, &group).await {
             tracing::debug!(error = %e, "cannot sample the stream gauges; trying again later");
         }
         tokio::select! {

@@ -77,11 +77,11 @@ impl Worker {
 
         let span = tracing::info_span!(
             "rowpipe.consume_batch",
-            otel.name = format!("{} process", self.config.stream.stream),
+            otel.name = format!("{} process", self.group.stream()),
             otel.kind = "consumer",
             messaging.system = "redis",
             messaging.operation.type = "process",
-            messaging.destination.name = %self.config.stream.stream,
+            messaging.destination.name = %self.group.stream(),
             messaging.consumer.group.name = %self.config.stream.group,
             messaging.batch.message_count = delivered.len(),
             rowpipe.consumer = %self.group.consumer(),

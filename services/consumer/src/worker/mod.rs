@@ -64,9 +64,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
+use rowpipe_core::stream::Connection;
 use rowpipe_core::stream::ConsumerGroup;
 use rowpipe_core::stream::reader::GroupReader;
 
@@ -93,14 +93,36 @@ pub struct BatchReport {
     pub completed_uploads: Vec<String>,
 }
 
-/// A group member.
+/// The shards a worker serves: for each, its index, the process's reclaim
+/// turns of it ([`crate::reclaim`]).
+pub type ServedShards = Vec<(usize, Arc<ReclaimTurns>)>;
+
+/// A group member, of the group of every shard its process serves.
+///
+/// With one shard it reads that shard's stream as it always did. With
+/// several it takes them in turn: one turn (a reclaim or a read, then the
+/// batch) on one shard, the next turn on the next. While turns find
+/// entries, reads do not wait (`BLOCK 1`), so a busy shard is never held up
+/// behind an empty one; after a whole round of empty reads each read waits
+/// its share of about a second, so an idle worker costs Redis a few calls
+/// a second. Every worker of a process serves every shard of it, starting
+/// at a different one, so shards are served evenly whatever the number of
+/// workers (see `docs/scaling.md` for the choice against one reader per
+/// shard).
 pub struct Worker {
     config: Arc<Config>,
     store: Store,
+    /// The member of the shard this turn is on.
     group: ConsumerGroup,
+    /// That shard's index, and its reclaim turns.
+    shard: usize,
+    reclaim_turns: Arc<ReclaimTurns>,
+    /// The other shards served, in the order their turns come.
+    waiting: std::collections::VecDeque<(usize, ConsumerGroup, Arc<ReclaimTurns>)>,
+    /// Reads in a row that found nothing, across shards.
+    empty_reads: usize,
     health: Arc<Health>,
     seq_cache: HashMap<String, i64>,
-    reclaim_turns: Arc<ReclaimTurns>,
     /// Whether its database calls get answers (see [`call_watch`]).
     calls: Arc<call_watch::CallWatch>,
     /// The deliverability check, shared by the process's workers; `None`
@@ -111,33 +133,50 @@ pub struct Worker {
 const FIRST_READ_BLOCK: Duration = Duration::from_millis(1000);
 
 impl Worker {
+    /// A member named `name` of the groups of `shards` (at least one), its
+    /// first turn on the first of them.
     pub async fn new(
         name: String,
         config: Arc<Config>,
         store: Store,
-        redis: ConnectionManager,
+        redis: Connection,
         health: Arc<Health>,
-        reclaim_turns: Arc<ReclaimTurns>,
+        shards: ServedShards,
     ) -> anyhow::Result<Self> {
         let reader = GroupReader::connect(
-            &config.stream.redis_url,
+            &config.stream.redis_target(),
             FIRST_READ_BLOCK.max(config.batch_timeout()),
         )
         .await?;
-        let group = ConsumerGroup::new(
-            redis,
-            reader,
-            config.stream.stream.clone(),
-            config.stream.group.clone(),
-            name,
-        );
+        let keys = config.stream.shards();
+        let mut members = std::collections::VecDeque::new();
+        // The connected reader (start-up proved the credentials with it)
+        // serves the first shard; the others get siblings of it.
+        let mut readers: Vec<GroupReader> = (1..shards.len()).map(|_| reader.sibling()).collect();
+        readers.insert(0, reader);
+        for ((shard, turns), reader) in shards.into_iter().zip(readers) {
+            let group = ConsumerGroup::new(
+                redis.clone(),
+                reader,
+                keys.key(shard).to_string(),
+                config.stream.group.clone(),
+                name.clone(),
+            );
+            members.push_back((shard, group, turns));
+        }
+        let Some((shard, group, reclaim_turns)) = members.pop_front() else {
+            anyhow::bail!("a worker must serve at least one shard");
+        };
         Ok(Self {
             config,
             store,
             group,
+            shard,
+            reclaim_turns,
+            waiting: members,
+            empty_reads: 0,
             health,
             seq_cache: HashMap::new(),
-            reclaim_turns,
             calls: Arc::new(call_watch::CallWatch::new()),
             mail_domains: None,
         })
@@ -157,6 +196,35 @@ impl Worker {
         self.group.consumer()
     }
 
+    /// The shard this worker's next turn is on.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Move to the next shard served (a no-op with one).
+    fn next_shard(&mut self) {
+        if let Some((shard, group, turns)) = self.waiting.pop_front() {
+            let group = std::mem::replace(&mut self.group, group);
+            let turns = std::mem::replace(&mut self.reclaim_turns, turns);
+            self.waiting
+                .push_back((std::mem::replace(&mut self.shard, shard), group, turns));
+        }
+    }
+
+    /// How long this turn's first read waits: today's second with one
+    /// shard; with several, no wait while reads find entries, and a share
+    /// of the second once a whole round found none.
+    fn first_read_block(&self) -> Duration {
+        let shards = self.waiting.len() + 1;
+        if shards == 1 {
+            FIRST_READ_BLOCK
+        } else if self.empty_reads >= shards {
+            FIRST_READ_BLOCK / shards as u32
+        } else {
+            Duration::from_millis(1)
+        }
+    }
+
     /// Read one batch (waiting up to about a second for its first entry) and
     /// process it. `Ok(None)` when nothing arrived.
     ///
@@ -170,7 +238,25 @@ impl Worker {
         &mut self,
         shutdown: &Shutdown,
     ) -> Result<Option<BatchReport>, WorkerError> {
-        match self.turn(shutdown).await {
+        let result = self.turn(shutdown).await;
+        if !matches!(result, Ok(Some(_))) {
+            self.empty_reads += 1;
+        } else {
+            self.empty_reads = 0;
+        }
+        // An error (a NOGROUP healed below included) moves on too: one
+        // shard's trouble does not stop the others being served.
+        let result = self.heal(result).await;
+        self.next_shard();
+        result
+    }
+
+    /// A missing group, met by any command of the turn, created again.
+    async fn heal(
+        &mut self,
+        result: Result<Option<BatchReport>, WorkerError>,
+    ) -> Result<Option<BatchReport>, WorkerError> {
+        match result {
             Err(e) if e.is_no_group() => {
                 tracing::warn!(error = %e, "consumer group missing; recreating it");
                 self.group.create().await?;
@@ -208,7 +294,8 @@ impl Worker {
     /// the first one arrived.
     async fn read_batch(&mut self) -> Result<Vec<Delivered>, WorkerError> {
         let size = self.config.batch_size;
-        let mut ids = self.group.read(size, FIRST_READ_BLOCK).await?;
+        let block = self.first_read_block();
+        let mut ids = self.group.read(size, block).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -293,12 +380,17 @@ impl Worker {
 
     /// Leave the group if nothing is pending on this consumer.
     pub async fn leave(&mut self) {
-        match self.group.leave().await {
-            Ok(true) => tracing::info!(consumer = %self.name(), "left the consumer group"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(consumer = %self.name(), error = %e, "could not leave the consumer group")
+        for _ in 0..=self.waiting.len() {
+            match self.group.leave().await {
+                Ok(true) => {
+                    tracing::info!(consumer = %self.name(), shard = self.shard, "left the consumer group")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(consumer = %self.name(), shard = self.shard, error = %e, "could not leave the consumer group")
+                }
             }
+            self.next_shard();
         }
     }
 }

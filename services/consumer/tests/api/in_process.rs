@@ -67,7 +67,7 @@ impl InProcessWorker {
             store,
             app.redis.clone(),
             health.clone(),
-            reclaim_turns,
+            vec![(0, reclaim_turns)],
         )
         .await
         .expect("worker connects");

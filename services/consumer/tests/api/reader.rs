@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
-use rowpipe_core::stream::{self, reader::GroupReader, reader::ReadGroup};
+use rowpipe_core::stream::{self, RedisTarget, reader::GroupReader, reader::ReadGroup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_connection_authenticates_selects_its_database_and_reads_in_order() {
@@ -52,7 +52,7 @@ async fn the_read_connection_authenticates_selects_its_database_and_reads_in_ord
         .await
         .expect("XADD");
 
-    let mut reader = GroupReader::connect(&url, Duration::from_secs(1))
+    let mut reader = GroupReader::connect(&RedisTarget::single(&url), Duration::from_secs(1))
         .await
         .expect("reader connects");
     assert!(
@@ -89,7 +89,7 @@ async fn the_read_connection_authenticates_selects_its_database_and_reads_in_ord
     assert!(reader.read(request).await.expect("read again").is_empty());
 
     let wrong = format!("redis://{user}:wrong@{host}:{port}/5");
-    let refused = GroupReader::connect(&wrong, Duration::from_secs(1)).await;
+    let refused = GroupReader::connect(&RedisTarget::single(&wrong), Duration::from_secs(1)).await;
     let Err(refused) = refused else {
         panic!("a wrong password was accepted");
     };

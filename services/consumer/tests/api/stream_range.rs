@@ -9,7 +9,7 @@ use rowpipe_core::stream;
 const GROUP: &str = "rowpipe-test-range";
 
 /// Read up to `count` new entries as consumer `c`; their ids.
-async fn read(con: &mut redis::aio::ConnectionManager, key: &str, count: usize) -> Vec<String> {
+async fn read(con: &mut rowpipe_core::stream::Connection, key: &str, count: usize) -> Vec<String> {
     let opts = redis::streams::StreamReadOptions::default()
         .group(GROUP, "c")
         .count(count);
@@ -52,11 +52,12 @@ async fn a_range_is_held_while_an_entry_of_it_is_undelivered_or_pending() {
     }
     let (a, c, d, e) = (&ids[0], &ids[2], &ids[3], &ids[4]);
     assert_eq!(stream::tip(&mut con, &key).await.expect("tip"), *e);
-    let holds = async |con: &mut redis::aio::ConnectionManager, first: Option<&str>, last: &str| {
-        stream::holds_range(con, &key, GROUP, first, last)
-            .await
-            .expect("holds_range")
-    };
+    let holds =
+        async |con: &mut rowpipe_core::stream::Connection, first: Option<&str>, last: &str| {
+            stream::holds_range(con, &key, GROUP, first, last)
+                .await
+                .expect("holds_range")
+        };
 
     assert!(holds(&mut con, None, e).await, "all undelivered");
     assert!(holds(&mut con, Some(d), e).await, "the tail undelivered");

@@ -226,15 +226,15 @@ impl Store {
 
 /// Mark `interrupted` the `receiving` uploads whose lease lapsed (their
 /// instance is gone), for the sweeps of both programs; returns their ids.
-/// The stream's tip is read first: the dead instance wrote nothing after
-/// it, so it bounds the upload's entries.
+/// The stream's tip is read first (the greatest of its shards' tips): the
+/// dead instance wrote nothing after it, so it bounds the upload's entries.
 pub async fn interrupt_lapsed(
     store: &Store,
-    con: &mut redis::aio::ConnectionManager,
-    stream_key: &str,
+    con: &mut crate::stream::Connection,
+    shards: &crate::stream::shards::Shards,
     lease_ms: i64,
 ) -> anyhow::Result<Vec<String>> {
-    let tip = crate::stream::tip(con, stream_key).await?;
+    let tip = crate::stream::tip_of_shards(con, shards).await?;
     let marked = store.interrupt_lapsed_uploads(lease_ms, &tip).await?;
     for upload in &marked {
         metrics::counter!("rowpipe_uploads_total", "status" => "interrupted").increment(1);

@@ -23,7 +23,7 @@
 
 use std::borrow::Cow;
 
-use redis::aio::ConnectionManager;
+use crate::stream::Connection;
 use redis::streams::StreamMaxlen;
 use redis::{AsyncTypedCommands, RedisResult};
 
@@ -138,7 +138,7 @@ impl<'a> DeadLetter<'a> {
     /// `XADD stream MAXLEN ~ max_len * …` with [`Self::fields`].
     pub async fn write(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Connection,
         stream: &str,
         max_len: usize,
         by: &'a str,

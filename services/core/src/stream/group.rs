@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::stream::Connection;
 use redis::streams::StreamAutoClaimOptions;
 use redis::{AsyncTypedCommands, RedisResult};
 
@@ -46,7 +46,7 @@ struct Member {
 /// blocking reads and the shared one for everything else.
 pub struct ConsumerGroup {
     member: Member,
-    con: ConnectionManager,
+    con: Connection,
     reader: GroupReader,
 }
 
@@ -62,7 +62,7 @@ pub struct Reclaimed {
 
 impl ConsumerGroup {
     pub fn new(
-        con: ConnectionManager,
+        con: Connection,
         reader: GroupReader,
         stream: impl Into<String>,
         group: impl Into<String>,
@@ -82,6 +82,11 @@ impl ConsumerGroup {
     /// This member's consumer name.
     pub fn consumer(&self) -> &str {
         &self.member.consumer
+    }
+
+    /// The stream key (shard) this member reads.
+    pub fn stream(&self) -> &str {
+        &self.member.stream
     }
 
     /// Create the group (and the stream) if missing.
@@ -293,7 +298,7 @@ impl Member {
     /// `XCLAIM stream group consumer min-idle-ms ids… JUSTID`.
     async fn renew(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Connection,
         ids: &[String],
         min_idle: Duration,
     ) -> RedisResult<Vec<String>> {

@@ -10,46 +10,46 @@
 //! * [`replay`]: reading it back, and replaying its rows.
 //! * [`range`]: whether anything of a range of ids is still to be processed (how loss detection knows an upload's entries
 //!   are all done with).
+//! * [`connection`]: one server or a Redis Cluster, behind one type.
+//! * [`shards`]: the stream as N keys spread over a cluster, and which
+//!   shard a row goes to.
 //!
 //! Two kinds of connection, on purpose: blocking reads (`XREADGROUP BLOCK`)
 //! hold a connection for the whole block, so they get a dedicated one
 //! ([`reader::GroupReader`]) whose reply timeout follows the block time;
-//! everything else shares an auto-reconnecting [`ConnectionManager`] with a
+//! everything else shares an auto-reconnecting [`Connection`] with a
 //! short timeout.
 
+pub mod connection;
 pub mod dead_letter;
 pub mod entry;
 pub mod group;
 pub mod range;
 pub mod reader;
 pub mod replay;
+pub mod shards;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncTypedCommands, ErrorKind, IntoConnectionInfo, ServerErrorKind};
 
+pub use connection::{Connection, RedisTarget};
 pub use dead_letter::DeadLetter;
 pub use entry::{EntryBody, EntryError, StreamEntry};
 pub use group::ConsumerGroup;
 pub use range::holds_range;
 
-/// Shared connection for non-blocking commands (XADD, XACK, XINFO…).
-pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = client(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
+/// The shared connection to one server, for non-blocking commands (see
+/// [`RedisTarget::connect`], which serves clusters too).
+pub async fn connect(url: &str) -> redis::RedisResult<Connection> {
+    RedisTarget::single(url).connect().await
 }
 
 /// A client whose TCP connections send at once (`TCP_NODELAY`). redis-rs
 /// leaves Nagle's algorithm on by default, and a pipeline of 500 `XADD`s is
 /// bigger than a TCP segment: its tail would wait for Redis's delayed ACK.
 /// Its connections also probe a quiet peer ([`keepalive`]).
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
+pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
     let info = url.into_connection_info()?;
     let tcp = info
         .tcp_settings()
@@ -77,24 +77,12 @@ pub(crate) fn keepalive() -> redis::io::tcp::socket2::TcpKeepalive {
         .with_retries(3)
 }
 
-/// A dedicated connection for `XREADGROUP BLOCK block`: its response timeout
-/// is longer than the block, so a quiet stream is not mistaken for an outage.
-pub async fn connect_blocking(url: &str, block: Duration) -> redis::RedisResult<ConnectionManager> {
-    let client = client(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(block + Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
-}
-
 /// Create the consumer group (and the stream) if missing. Idempotent.
 ///
 /// The group starts at `0` so entries written before the first consumer
 /// existed are still delivered.
 pub async fn ensure_group(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     stream: &str,
     group: &str,
 ) -> redis::RedisResult<()> {
@@ -109,7 +97,7 @@ pub async fn ensure_group(
 /// is missing. Every entry ever added is at or below it, trimmed and
 /// deleted ones included, so it bounds the entries of a producer that has
 /// stopped writing.
-pub async fn tip(con: &mut ConnectionManager, stream: &str) -> redis::RedisResult<String> {
+pub async fn tip(con: &mut Connection, stream: &str) -> redis::RedisResult<String> {
     let reply: redis::Value = match redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
@@ -138,6 +126,39 @@ pub async fn tip(con: &mut ConnectionManager, stream: &str) -> redis::RedisResul
         })
 }
 
+/// The greatest of the shards' tips ([`tip`]): it bounds every entry
+/// ever added to any of them.
+pub async fn tip_of_shards(
+    con: &mut Connection,
+    shards: &shards::Shards,
+) -> redis::RedisResult<String> {
+    let mut greatest = String::from("0-0");
+    for key in shards.keys() {
+        let tip = tip(con, key).await?;
+        greatest = later_id(greatest, tip);
+    }
+    Ok(greatest)
+}
+
+/// The later of two entry ids (by number, not text: `10-0` is after
+/// `9-0`); an id that does not parse counts as `0-0`.
+pub fn later_id(a: String, b: String) -> String {
+    if parse_id(&b).unwrap_or((0, 0)) > parse_id(&a).unwrap_or((0, 0)) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The earlier of two entry ids, by number.
+pub fn earlier_id(a: String, b: String) -> String {
+    if parse_id(&b).unwrap_or((0, 0)) < parse_id(&a).unwrap_or((0, 0)) {
+        b
+    } else {
+        a
+    }
+}
+
 /// The group's view of the stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupBacklog {
@@ -158,16 +179,21 @@ impl GroupBacklog {
 
 /// Measure the group's backlog and set the stream gauges from it
 /// (`rowpipe_stream_length`, `_group_lag`, `_pending`, labelled by stream
-/// and group), as both programs export them: the consumers in their
+/// key, group and shard index), as both programs export them: the consumers in their
 /// housekeeping, the upload service so that the signal outlives a group
 /// scaled to zero.
 pub async fn sample_backlog_gauges(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     stream: &str,
     group: &str,
+    shard: usize,
 ) -> redis::RedisResult<GroupBacklog> {
     let backlog = backlog(con, stream, group).await?;
-    let labels = [("stream", stream.to_string()), ("group", group.to_string())];
+    let labels = [
+        ("stream", stream.to_string()),
+        ("group", group.to_string()),
+        ("shard", shard.to_string()),
+    ];
     metrics::gauge!("rowpipe_stream_length", &labels).set(backlog.length as f64);
     metrics::gauge!("rowpipe_stream_group_lag", &labels).set(backlog.lag as f64);
     metrics::gauge!("rowpipe_stream_pending", &labels).set(backlog.pending as f64);
@@ -177,7 +203,7 @@ pub async fn sample_backlog_gauges(
 /// Lag and pending count of `group` (lag needs Redis ≥ 7; older servers fall
 /// back to the stream length, which over-estimates and so stays safe).
 pub async fn backlog(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     stream: &str,
     group: &str,
 ) -> redis::RedisResult<GroupBacklog> {
@@ -216,10 +242,7 @@ pub fn parse_id(id: &str) -> Option<(u64, u64)> {
 /// entry, and the entry right after the last one delivered. Everything below
 /// it has been delivered and acknowledged by every group. Returns the number
 /// of entries removed.
-pub async fn trim_acknowledged(
-    con: &mut ConnectionManager,
-    stream: &str,
-) -> redis::RedisResult<u64> {
+pub async fn trim_acknowledged(con: &mut Connection, stream: &str) -> redis::RedisResult<u64> {
     let groups = match con.xinfo_groups(stream).await {
         Ok(g) => g.groups,
         Err(_) => return Ok(0),

@@ -12,7 +12,7 @@
 //! wrong. The range of an upload whose instance died ends at the stream's
 //! tip ([`super::tip`]).
 
-use redis::aio::ConnectionManager;
+use crate::stream::Connection;
 use redis::{AsyncTypedCommands, RedisResult};
 
 use super::{is_missing_key, parse_id};
@@ -22,7 +22,7 @@ use super::{is_missing_key, parse_id};
 /// stream or group is created at `0` first (see [`super::ensure_group`]):
 /// then nothing of the range is left.
 pub async fn holds_range(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     stream: &str,
     group: &str,
     first: Option<&str>,

@@ -28,12 +28,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
-use super::RawEntry;
+use super::{Connection, RawEntry, RedisTarget};
 
 /// How long to wait for a reply beyond the requested block time before the
 /// connection is considered dead.
@@ -92,18 +91,34 @@ pub struct ReadGroup<'a> {
 /// The dedicated read connection of one group member.
 pub enum GroupReader {
     Raw(Box<RawReader>),
-    Client(ConnectionManager),
+    Client(Connection),
 }
 
 impl GroupReader {
-    /// Connect now, so a wrong URL or password fails at start-up.
-    pub async fn connect(url: &str, block: Duration) -> Result<Self, ReadError> {
-        match RawReader::for_url(url)? {
+    /// Connect now, so a wrong URL or password fails at start-up. A
+    /// cluster is read through redis-rs's cluster connection, which follows
+    /// the slot of each shard's key to its primary.
+    pub async fn connect(target: &RedisTarget, block: Duration) -> Result<Self, ReadError> {
+        let raw = match target.urls.as_slice() {
+            [url] if !target.cluster => RawReader::for_url(url)?,
+            _ => None,
+        };
+        match raw {
             Some(mut raw) => {
                 raw.connection().await?;
                 Ok(Self::Raw(Box::new(raw)))
             }
-            None => Ok(Self::Client(super::connect_blocking(url, block).await?)),
+            None => Ok(Self::Client(target.connect_blocking(block).await?)),
+        }
+    }
+
+    /// Another reader like this one: a new connection of its own for the
+    /// raw reader; for redis-rs's, a handle on the same multiplexed one
+    /// (fine for one worker's shards, which it reads one at a time).
+    pub fn sibling(&self) -> Self {
+        match self {
+            Self::Raw(raw) => Self::Raw(Box::new(raw.unconnected())),
+            Self::Client(con) => Self::Client(con.clone()),
         }
     }
 
@@ -215,6 +230,19 @@ impl RawReader {
             conn: None,
             line: Vec::with_capacity(64),
         }))
+    }
+
+    /// The same server and credentials, not yet connected.
+    fn unconnected(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: self.db,
+            conn: None,
+            line: Vec::with_capacity(64),
+        }
     }
 
     async fn connection(&mut self) -> Result<&mut BufStream<TcpStream>, ReadError> {

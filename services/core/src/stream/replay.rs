@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use crate::stream::Connection;
 use redis::{AsyncTypedCommands, RedisResult, Value};
 
 use super::dead_letter::{
@@ -101,7 +101,7 @@ impl<'a> Pages<'a> {
     }
 
     /// The next page's letters; empty once the stream is read.
-    async fn next(&mut self, con: &mut ConnectionManager) -> RedisResult<Vec<Letter>> {
+    async fn next(&mut self, con: &mut Connection) -> RedisResult<Vec<Letter>> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -123,7 +123,7 @@ impl<'a> Pages<'a> {
 /// Call `visit` with each selected letter of `dead_stream`, oldest first.
 /// Returns how many were visited.
 pub async fn list(
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     dead_stream: &str,
     selection: &Selection,
     mut visit: impl FnMut(&Letter),
@@ -156,8 +156,8 @@ pub struct ReplayReport {
 /// letter from `dead_stream` (see the module docs). `progress` is called
 /// after each page with the report so far.
 pub async fn replay(
-    con: &mut ConnectionManager,
-    stream: &str,
+    con: &mut Connection,
+    shards: &super::shards::Shards,
     dead_stream: &str,
     selection: &Selection,
     mut progress: impl FnMut(&ReplayReport),
@@ -174,6 +174,12 @@ pub async fn replay(
                 report.not_replayable += 1;
                 continue;
             };
+            // Back to the shard its row belongs to, as the upload routes.
+            let email = entry
+                .iter()
+                .find(|(name, _)| name == super::entry::F_EMAIL)
+                .map(|(_, value)| value.as_str());
+            let stream = shards.key(shards.for_raw_email(email));
             con.xadd(stream, "*", entry).await?;
             con.xdel(dead_stream, &[letter.id.as_str()]).await?;
             report.replayed += 1;
