@@ -52,7 +52,7 @@ TOKEN = "prometheus-scrape-token"
 GROUP = "rowpipe-consumers"
 # Dashboard variables, as Grafana would substitute them.
 DASHBOARD_VARS = {"$__rate_interval": "1m", "$__interval": "1s", "$__range": "1h",
-                  "${stream}": ".*", "$stream": ".*"}
+                  "${stream}": ".*", "$stream": ".*", "${shard}": ".*", "$shard": ".*"}
 
 
 class Run:
