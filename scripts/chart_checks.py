@@ -1126,6 +1126,40 @@ def check_k8s_deps(root):
     return f"kustomize build ok; Redis AOF; collector otlp->batch->otlp/jaeger; {detail}"
 
 
+def check_k8s_dev_redis_cluster(root):
+    """k8s/dev/redis-cluster.yaml (tilt up -- --redis-cluster): valid for Kubernetes, 6 nodes
+    with cluster mode and AOF behind a headless Service that resolves before readiness,
+    and a create Job for as many nodes with one replica per primary whose script parses."""
+    path = os.path.join(root, "k8s", "dev", "redis-cluster.yaml")
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    sts = one(docs, "StatefulSet", "redis-cluster")
+    svc = one(docs, "Service", sts["spec"]["serviceName"])
+    require(svc["spec"].get("clusterIP") == "None" and svc["spec"].get("publishNotReadyAddresses") is True,
+            "the nodes' Service is not headless with publishNotReadyAddresses (nodes must meet before they are ready)")
+    require(svc["spec"]["selector"].items() <= pod_template_labels(sts).items(), "the Service does not select the nodes")
+    nodes = sts["spec"]["replicas"]
+    require(nodes == 6, f"{nodes} nodes, not 6 (3 primaries + 3 replicas)")
+    args = " ".join(pod_spec(sts)["containers"][0].get("args", []))
+    for want in ("--cluster-enabled yes", "--appendonly yes", "--cluster-config-file /data/nodes.conf"):
+        require(want in args, f"redis-server lacks {want}")
+    job = one(docs, "Job", "redis-cluster-create")
+    c = pod_spec(job)["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    require(env.get("NODES") == str(nodes), f"the create Job joins {env.get('NODES')} nodes, the StatefulSet runs {nodes}")
+    require(env.get("REPLICAS_PER_PRIMARY") == "1", "the create Job does not make one replica per primary")
+    script = c["command"][-1]
+    for want in ("redis-cli --cluster create", "--cluster-replicas", "--cluster-yes", f"{sts['metadata']['name']}-$i.{svc['metadata']['name']}"):
+        require(want in script, f"the create Job's script lacks {want!r}")
+    p = run(["sh", "-n", "-c", script])
+    require(p.returncode == 0, f"the create Job's script does not parse: {p.stderr.strip()[:200]}")
+    detail = kubernetes_validate(docs, "k8s/dev/redis-cluster.yaml")
+    return f"{nodes} nodes (cluster mode, AOF), headless Service, create Job with --cluster-replicas 1; {detail}"
+
+
+def pod_template_labels(workload):
+    return workload["spec"]["template"]["metadata"].get("labels") or {}
+
+
 # ---------------------------------------------------------------------------------
 # Tiltfile
 
@@ -1144,6 +1178,7 @@ def check_tiltfile(root, chart, tilt_args=None):
     calls = []
     files = []  # (path, what)
     helm_calls = []
+    yaml_files = []  # k8s_yaml('path.yaml')
 
     def listify(v):
         if v is None:
@@ -1178,6 +1213,11 @@ def check_tiltfile(root, chart, tilt_args=None):
         helm_calls.append((p, listify(values), listify(set)))
         return "helm:" + p
 
+    def k8s_yaml(y, **k):
+        if isinstance(y, str) and not y.startswith(("kustomize:", "helm:")):
+            files.append((y, "k8s_yaml"))
+            yaml_files.append(y)
+
     def watch_file(p):
         files.append((p, "watch_file"))
 
@@ -1192,7 +1232,7 @@ def check_tiltfile(root, chart, tilt_args=None):
     stubs = {
         "local_resource": rec("local_resource", local_resource),
         "docker_build": rec("docker_build", docker_build),
-        "k8s_yaml": rec("k8s_yaml"),
+        "k8s_yaml": rec("k8s_yaml", k8s_yaml),
         "kustomize": rec("kustomize", kustomize),
         "helm": rec("helm", helm),
         "k8s_resource": rec("k8s_resource"),
@@ -1237,12 +1277,19 @@ def check_tiltfile(root, chart, tilt_args=None):
     p = run([kubectl, "kustomize", os.path.join(root, "k8s")])
     require(p.returncode == 0, "kustomize k8s failed")
     dep_docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    for f in yaml_files:
+        dep_docs += [d for d in yaml.safe_load_all(open(os.path.join(root, f))) if d]
     require(helm_calls, "the Tiltfile deploys no Helm chart")
     for chart_path, values, sets in helm_calls:
         # Tilt's helm() runs helm template without --api-versions.
         docs = chart.render([os.path.join(root, v) for v in values], sets, base=False, api_versions=False)
         if (tilt_args or {}).get("keda"):
             require(find(docs, "ScaledObject"), "tilt up -- --keda renders no ScaledObject")
+        vals = merged_values(chart, [os.path.join(root, v) for v in values], sets, base=False)
+        if (tilt_args or {}).get("redis-cluster"):
+            require(vals["redis"]["cluster"] is True and vals["stream"]["shards"] == 3,
+                    "tilt up -- --redis-cluster does not render redis.cluster=true, stream.shards=3")
+        redis_hosts = [a.rsplit(":", 1)[0] for a in vals["redis"]["address"].split(",")]
         dep_docs += docs
         for d in docs:
             if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
@@ -1251,6 +1298,23 @@ def check_tiltfile(root, chart, tilt_args=None):
     for d in dep_docs:
         if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
             workloads.add(d["metadata"]["name"])
+    # Each Redis host the chart is given is a Service, or a pod <statefulset>-<i>.<service>
+    # of a StatefulSet with that many replicas behind that (headless) Service, of the YAML
+    # the Tiltfile applies.
+    services = {d["metadata"]["name"]: d for d in dep_docs if d["kind"] == "Service"}
+    sets_by_pod = {}
+    for d in dep_docs:
+        if d["kind"] == "StatefulSet":
+            for i in range(d["spec"]["replicas"]):
+                sets_by_pod[f"{d['metadata']['name']}-{i}"] = d
+    for host in redis_hosts:
+        name, _, svc = host.partition(".")
+        if not svc:
+            require(name in services, f"Redis host {host!r} is no Service the Tiltfile applies")
+            continue
+        sts = sets_by_pod.get(name)
+        require(sts and sts["spec"].get("serviceName") == svc and services.get(svc, {}).get("spec", {}).get("clusterIP") == "None",
+                f"Redis host {host!r} is no pod of a StatefulSet behind the headless Service {svc!r}")
     local_names = {a[0] for n, a, k in calls if n == "local_resource"}
     known = workloads | local_names
     forwards = []
@@ -1262,6 +1326,10 @@ def check_tiltfile(root, chart, tilt_args=None):
         if n in ("k8s_resource", "local_resource"):
             for dep in k.get("resource_deps", []):
                 require(dep in known, f"resource_deps {dep!r} is no Tilt resource")
+    deps = {k8s_res: k.get("resource_deps", []) for n, a, k in calls if n == "k8s_resource" for k8s_res in [a[0] if a else k.get("workload")]}
+    if (tilt_args or {}).get("redis-cluster"):
+        require("redis-cluster-create" in deps.get("rowpipe-migrate", []),
+                "with --redis-cluster the migration does not wait for the cluster-create Job")
     ports = {str(f).split(":")[0] for f in forwards}
     require({"8080", "16686"} <= ports, f"port_forwards {sorted(ports)} lack 8080 or 16686")
     built = {a[0] for n, a, k in calls if n == "docker_build"}
@@ -1346,7 +1414,8 @@ def main():
     ci_sets = sorted(glob.glob(v("ci/*-values.yaml")))
     require(len(ci_sets) >= 3, "need at least 3 ci/*-values.yaml")
     value_sets = [("default", [])] + [(os.path.relpath(f, chart.dir), [f]) for f in ci_sets] + \
-                 [("values-dev.yaml", [v("values-dev.yaml")])]
+                 [("values-dev.yaml", [v("values-dev.yaml")]),
+                  ("values-dev.yaml + values-dev-redis-cluster.yaml", [v("values-dev.yaml"), v("values-dev-redis-cluster.yaml")])]
 
     r.check("values.yaml: every key documented", check_values_documented, chart)
     r.check("values.yaml <-> values.schema.json keys", check_values_match_schema, chart)
@@ -1415,6 +1484,9 @@ def main():
     r.check("k8s/ dependencies (kustomize + kubernetes-validate)", check_k8s_deps, root)
     r.check("Tiltfile", check_tiltfile, root, chart)
     r.check("Tiltfile (tilt up -- --keda)", check_tiltfile, root, chart, {"keda": True})
+    r.check("Tiltfile (tilt up -- --redis-cluster)", check_tiltfile, root, chart, {"redis-cluster": True})
+    r.check("Tiltfile (tilt up -- --redis-cluster --keda)", check_tiltfile, root, chart, {"redis-cluster": True, "keda": True})
+    r.check("k8s/dev/redis-cluster.yaml (Tilt's Redis Cluster)", check_k8s_dev_redis_cluster, root)
     r.check("Dockerfile structure", check_dockerfile, root)
     r.check("hadolint Dockerfile", check_hadolint, root, "Dockerfile")
     r.check("hadolint Dockerfile.tilt", check_hadolint, root, "Dockerfile.tilt")
