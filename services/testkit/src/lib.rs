@@ -23,6 +23,8 @@
 //!   port ([`TestDns`]), with a [`Zone`] per domain and a count of queries.
 //! * [`faults`]: a database link to cut ([`ToggleProxy`]) and a Redis of the
 //!   test's own to restart ([`OwnRedis`]).
+//! * [`faults::redis_cluster`]: a Redis Cluster of the test's own
+//!   ([`RedisCluster`]), whose primaries it kills to watch a failover.
 //! * [`assertions`]: shared checks and [`eventually`].
 //! * [`macros`]: [`on_databases!`], one test body run on each database.
 //!
@@ -49,5 +51,6 @@ pub use db::{Backend, TestDb};
 pub use dns::{TestDns, Zone};
 pub use faults::proxy::ToggleProxy;
 pub use faults::redis::OwnRedis;
+pub use faults::redis_cluster::RedisCluster;
 pub use services::{fresh_stream, host_port, redis_url, require_binary, via_port};
 pub use upload_process::UploadProcess;
