@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -72,17 +73,280 @@ class Redis:
 
 
 class MemoryPoller(threading.Thread):
-    def __init__(self, url):
+    """Peak `used_memory` of the Redis the programs use: summed over the
+    primaries of a cluster (a replica holds a copy, not more backlog)."""
+
+    def __init__(self, target):
         super().__init__(daemon=True)
-        self.r = Redis(url)
-        self.base = self.r.used_memory()
+        self.rs = [Redis(u) for u in as_target(target).primaries()]
+        self.base = self.used_memory()
         self.peak = self.base
         self.stop = threading.Event()
 
+    def used_memory(self):
+        return sum(r.used_memory() for r in self.rs)
+
     def run(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.r.used_memory())
+            self.peak = max(self.peak, self.used_memory())
             time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- keys, slots, shards
+SLOTS = 16384
+
+
+def crc16(data):
+    """CRC16-CCITT (XMODEM), Redis Cluster's key hash."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key):
+    """The hash slot of a key: of its hash tag (between the first `{` and the
+    next `}`, if not empty), else of the whole key."""
+    k = key.encode()
+    o = k.find(b"{")
+    if o >= 0:
+        c = k.find(b"}", o + 1)
+        if c > o + 1:
+            k = k[o + 1:c]
+    return crc16(k) % SLOTS
+
+
+def base36(n):
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = digits[n % 36]
+    while n >= 36:
+        n //= 36
+        out = digits[n % 36] + out
+    return out
+
+
+def shard_keys(stream, count):
+    """The keys of a stream of `count` shards, named as rowpipe names them
+    (services/core/src/stream/shards.rs): the stream itself for one shard,
+    else `<stream>:{<tag>}` for shard i, the tag the first `<i>-<base 36>`
+    whose slot lies in the i-th of `count` equal parts of the slots."""
+    if count <= 1:
+        return [stream]
+    keys = []
+    for i in range(count):
+        low, high = i * SLOTS // count, (i + 1) * SLOTS // count
+        n = 0
+        while not low <= key_slot(f"{i}-{base36(n)}") < high:
+            n += 1
+        keys.append(f"{stream}:{{{i}-{base36(n)}}}")
+    return keys
+
+
+def glob_escape(text):
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+# ---------------------------------------------------------------- the Redis the programs use
+def host_port(url):
+    m = re.match(r"rediss?://(?:[^@]*@)?([^:/]+)(?::(\d+))?", url)
+    return f"{m.group(1)}:{m.group(2) or 6379}" if m else url
+
+
+def as_target(target):
+    """A URL (the shared Redis, as bench_wide_uploads.py passes it) or a target."""
+    return SingleRedis(target) if isinstance(target, str) else target
+
+
+class SingleRedis:
+    """One Redis server (`--redis`), perhaps shared with other clients: the
+    bench only ever deletes keys of its own there, never flushes it."""
+
+    cluster = False
+
+    def __init__(self, url):
+        self.url = url
+
+    def seeds(self):
+        return self.url
+
+    def primaries(self):
+        return [self.url]
+
+    def conn_for(self, key):
+        return Redis(self.url)
+
+    def cpu(self):
+        """{node: CPU seconds (user + system)} from INFO cpu, which the server
+        takes from getrusage: /proc of a server that may not be local."""
+        info = Redis(self.url).cmd("INFO", "cpu")
+        secs = sum(float(re.search(rf"^{k}:([\d.]+)", info, re.M).group(1)) for k in ("used_cpu_user", "used_cpu_sys"))
+        return {host_port(self.url): secs}
+
+    def cpu_source(self):
+        return ("INFO cpu of the one Redis; a shared server's figure counts its other clients' work too")
+
+    def roles(self):
+        return {host_port(self.url): ""}
+
+    def clean(self, prefix):
+        """Delete the keys under `prefix` (a run's stream, its shards and dead
+        letters), SCAN by SCAN: nothing of anyone else's."""
+        r = Redis(self.url)
+        cursor = "0"
+        while True:
+            cursor, keys = r.cmd("SCAN", cursor, "MATCH", glob_escape(prefix) + "*", "COUNT", 1000)
+            for k in keys:
+                r.cmd("DEL", k)
+            if cursor == "0":
+                return
+
+
+class OwnCluster:
+    """A Redis Cluster of the bench's own: `primaries` primaries with
+    `replicas` replicas each, on free loopback ports, each node in its own
+    directory under one temporary one (AOF everysec, like
+    services/testkit/src/faults/redis_cluster.rs). Stopped, and its
+    directory removed, when the bench exits."""
+
+    cluster = True
+
+    def __init__(self, primaries=3, replicas=1, node_timeout_ms=2000):
+        for b in ("redis-server", "redis-cli"):
+            if not shutil.which(b):
+                sys.exit(f"bench: --redis-cluster needs {b}, which is not installed (apt-get install redis-server)")
+        self.replicas = replicas
+        self.dir = tempfile.mkdtemp(prefix="rowpipe-bench-cluster-")
+        self.procs = {}
+        atexit.register(self.stop)
+        self.ports = free_cluster_ports(primaries * (1 + replicas))
+        for port in self.ports:
+            d = os.path.join(self.dir, str(port))
+            os.makedirs(d)
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", os.path.join(d, "nodes.conf"),
+                 "--cluster-node-timeout", str(node_timeout_ms),
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                 # Not the default 5 s wait for more replicas before a full sync.
+                 "--repl-diskless-sync-delay", "0",
+                 "--dir", d, "--logfile", os.path.join(d, "redis.log")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.ports:
+            wait_port(port)
+        out = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                              "--cluster-replicas", str(replicas), "--cluster-yes"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            sys.exit(f"bench: redis-cli --cluster create failed:\n{out.stdout}{out.stderr}")
+        self.wait_ready(60)
+        # [(first slot, last slot, primary port)]: no failover in a bench.
+        self.slot_map = [(int(r[0]), int(r[1]), int(r[2][1])) for r in Redis(self.url(self.ports[0])).cmd("CLUSTER", "SLOTS")]
+
+    @staticmethod
+    def url(port):
+        return f"redis://127.0.0.1:{port}"
+
+    def not_ready(self):
+        """What keeps the cluster from being ready, one entry per node."""
+        why = []
+        for port in self.ports:
+            try:
+                r = Redis(self.url(port))
+                info = r.cmd("CLUSTER", "INFO")
+                if "cluster_state:ok" not in info or f"cluster_slots_assigned:{SLOTS}" not in info:
+                    why.append(f"{port}: {' '.join(l for l in info.split() if l.startswith(('cluster_state', 'cluster_slots_assigned')))}")
+                    continue
+                repl = r.cmd("INFO", "replication")
+                if "role:master" in repl:
+                    online = len(re.findall(r"^slave\d+:.*state=online", repl, re.M))
+                    if online < self.replicas:
+                        why.append(f"{port}: primary with {online} of {self.replicas} replicas online")
+                elif "master_link_status:up" not in repl:
+                    why.append(f"{port}: replica whose link is down")
+            except (OSError, RuntimeError) as e:
+                why.append(f"{port}: {e}")
+        return why
+
+    def wait_ready(self, timeout):
+        end = time.time() + timeout
+        while True:
+            why = self.not_ready()
+            if not why:
+                return
+            if time.time() > end:
+                sys.exit(f"bench: the Redis Cluster under {self.dir} was not ready in {timeout} s: {'; '.join(why)}")
+            time.sleep(0.1)
+
+    def seeds(self):
+        return ",".join(self.url(p) for p in self.ports)
+
+    def roles(self):
+        out = {}
+        for port in self.ports:
+            repl = Redis(self.url(port)).cmd("INFO", "replication")
+            out[f"127.0.0.1:{port}"] = "primary" if "role:master" in repl else "replica"
+        return out
+
+    def primaries(self):
+        return [self.url(int(hp.rsplit(":", 1)[1])) for hp, role in self.roles().items() if role == "primary"]
+
+    def conn_for(self, key):
+        slot = key_slot(key)
+        port = next(p for lo, hi, p in self.slot_map if lo <= slot <= hi)
+        return Redis(self.url(port))
+
+    def cpu(self):
+        """{node: CPU seconds (user + system)} from /proc/<pid>/stat."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for port, p in self.procs.items():
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[f"127.0.0.1:{port}"] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
+    def cpu_source(self):
+        return "/proc/<pid>/stat of each node of the bench's own cluster"
+
+    def clean(self, prefix):
+        """The cluster is the bench's own: empty every primary."""
+        for url in self.primaries():
+            Redis(url).cmd("FLUSHALL")
+
+    def stop(self):
+        for p in self.procs.values():
+            p.kill()
+        for p in self.procs.values():
+            p.wait()
+        self.procs = {}
+        shutil.rmtree(self.dir, True)
+
+
+def free_cluster_ports(count):
+    """`count` free loopback ports whose cluster bus ports (+10000) are free
+    too, all held until every one is chosen."""
+    held, ports = [], []
+    while len(ports) < count:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        held.append(s)
+        if port > 65535 - 10000:
+            continue
+        bus = socket.socket()
+        try:
+            bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            bus.close()
+            continue
+        held.append(bus)
+        ports.append(port)
+    for s in held:
+        s.close()
+    return ports
 
 
 # ---------------------------------------------------------------- data
@@ -281,13 +545,22 @@ class Db:
 
 # ---------------------------------------------------------------- rowpipe
 class Pipeline:
-    def __init__(self, bins, db_url, redis_url, consumers, extra_env=None, consumer_env=None, max_backlog=None):
+    """The upload service and `consumers` consumer processes on a stream of
+    the run's own. `redis` is a URL (one Redis) or a target (SingleRedis,
+    OwnCluster); every program, `rowpipe migrate` included, gets the same
+    REDIS_URL, ROWPIPE_REDIS_CLUSTER and ROWPIPE_STREAM_SHARDS."""
+
+    def __init__(self, bins, db_url, redis, consumers, extra_env=None, consumer_env=None, max_backlog=None, shards=1):
         self.bins, self.procs = bins, []
+        target = as_target(redis)
         tag = f"{int(time.time() * 1000)}-{os.getpid()}"
         self.port = free_port()
-        self.env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url,
+        self.env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=target.seeds(),
+                        ROWPIPE_REDIS_CLUSTER="true" if target.cluster else "false",
+                        ROWPIPE_STREAM_SHARDS=str(shards),
                         ROWPIPE_STREAM=f"rowpipe:bench:{tag}", ROWPIPE_AUTH_DISABLED="true",
                         ROWPIPE_LISTEN=f"127.0.0.1:{self.port}", RUST_LOG="warn")
+        self.stream_keys = shard_keys(self.env["ROWPIPE_STREAM"], shards)
         for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             self.env.pop(k, None)
         self.env.update(extra_env or {})
@@ -361,16 +634,19 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             result["ref_secs"] = secs
             result["ref_outcome"] = db.reference_outcome()
         db.settle()
-        mem = MemoryPoller(args.redis)
+        mem = MemoryPoller(args.target)
         mem.start()
-        pipe = Pipeline(args.bins, db.url, args.redis, consumers, consumer_env=consumer_env, extra_env=extra_env)
+        pipe = Pipeline(args.bins, db.url, args.target, consumers, consumer_env=consumer_env, extra_env=extra_env,
+                        shards=args.shards)
         try:
             size = os.path.getsize(csv_path)
+            cpu0 = args.target.cpu()
             wall0 = time.time()
             t0 = time.perf_counter()
             body = pipe.post(file_chunks(csv_path), size)
             t_upload = time.perf_counter() - t0
             status = pipe.wait(body["upload_id"])
+            cpu1 = args.target.cpu()
             # The server records when the last row was committed; polling
             # granularity does not enter the figure.
             t_total = (status["completed_at_ms"] / 1000.0) - wall0
@@ -378,11 +654,13 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             result.update(secs=t_total, upload_secs=t_upload, bytes=size, status=status,
                           rss_upload=rss_peak_mib(pipe.upload.pid),
                           rss_consumers=[rss_peak_mib(c.pid) for c in pipe.consumers],
-                          redis_peak=(mem.peak - mem.base) / 2**20, max_backlog=pipe.max_backlog)
+                          redis_peak=(mem.peak - mem.base) / 2**20, max_backlog=pipe.max_backlog,
+                          redis_cpu={n: cpu1[n] - cpu0[n] for n in cpu1 if n in cpu0})
             if ref:
                 result["differ"] = db.tables_differ()
         finally:
             pipe.stop()
+            args.target.clean(pipe.env["ROWPIPE_STREAM"])
     finally:
         db.drop()
     return result
@@ -429,21 +707,22 @@ def upload_gib(args):
     target = int(args.upload_gib * 2**30)
     kind, admin = "sqlite", None
     db = Db(kind, admin, f"{int(time.time())}")
-    pipe = Pipeline(args.bins, db.url, args.redis, 0)
+    pipe = Pipeline(args.bins, db.url, args.target, 0, shards=args.shards)
     stop = threading.Event()
     drained = [0]
 
     def drain():
         # Stands in for infinitely fast consumers: mark everything delivered
         # and acknowledged, then trim it. Backpressure still applies between drains.
-        r = Redis(args.redis)
-        stream, group = pipe.env["ROWPIPE_STREAM"], "rowpipe-consumers"
+        group = "rowpipe-consumers"
+        shards = [(key, args.target.conn_for(key)) for key in pipe.stream_keys]
         while not stop.is_set():
-            try:
-                r.cmd("XGROUP", "SETID", stream, group, "$")
-                drained[0] += r.cmd("XTRIM", stream, "MAXLEN", "0")
-            except RuntimeError:
-                pass
+            for key, r in shards:
+                try:
+                    r.cmd("XGROUP", "SETID", key, group, "$")
+                    drained[0] += r.cmd("XTRIM", key, "MAXLEN", "0")
+                except RuntimeError:
+                    pass
             time.sleep(0.02)
 
     t = threading.Thread(target=drain, daemon=True)
@@ -461,7 +740,7 @@ def upload_gib(args):
             sent[0] += len(chunk)
             yield chunk
 
-    mem = MemoryPoller(args.redis)
+    mem = MemoryPoller(args.target)
     mem.start()
     t0 = time.perf_counter()
     res = pipe.post(body())
@@ -470,6 +749,7 @@ def upload_gib(args):
     mem.stop.set()
     rss = rss_peak_mib(pipe.upload.pid)
     pipe.stop()
+    args.target.clean(pipe.env["ROWPIPE_STREAM"])
     db.drop()
     print(f"upload of {sent[0] / 2**30:.2f} GiB generated on the fly ({res['rows_enqueued']:,} rows): "
           f"{secs:.1f} s, {res['rows_enqueued'] / secs:,.0f} rows/s, {sent[0] / 2**20 / secs:.1f} MiB/s")
@@ -496,8 +776,20 @@ def main():
                          "its own, and the median is reported (this machine is shared and noisy)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--bins", default=os.path.join(ROOT, "target", "release"))
-    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
+                    help="the one Redis to use (without --redis-cluster); the bench deletes only its own keys there")
+    ap.add_argument("--redis-cluster", action="store_true",
+                    help="start a Redis Cluster of the bench's own (3 primaries, 1 replica each, free ports, "
+                         "stopped at the end) and run the programs on it (ROWPIPE_REDIS_CLUSTER=true, "
+                         "REDIS_URL=its nodes); --redis is not used")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="ROWPIPE_STREAM_SHARDS for every program: the stream as this many keys (1 to 64)")
     args = ap.parse_args()
+    if not 1 <= args.shards <= 64:
+        ap.error("--shards must be 1 to 64")
+    # A SIGTERM ends the bench through atexit too, so its own cluster stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.target = OwnCluster(3, 1) if args.redis_cluster else SingleRedis(args.redis)
     if args.upload_gib:
         return upload_gib(args)
     admin = {"postgres": os.environ.get("ROWPIPE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
@@ -508,8 +800,10 @@ def main():
     atexit.register(shutil.rmtree, work, True)
     csv_path = os.path.join(work, "contacts.csv")
     generate(csv_path, args.rows, args.seed)
+    redis_desc = (f"its own Redis Cluster of 3 primaries + 1 replica each ({args.target.seeds()})"
+                  if args.target.cluster else f"Redis {host_port(args.redis)}")
     print(f"# rowpipe benchmark: {args.rows:,} rows ({os.path.getsize(csv_path) / 2**20:.1f} MiB), {args.db}, "
-          f"{os.cpu_count()} cores, seed {args.seed}\n")
+          f"{os.cpu_count()} cores, seed {args.seed}, {redis_desc}, {args.shards} stream shard{'s' if args.shards > 1 else ''}\n")
     results = []
     # Each rowpipe run is paired with a reference run just before it on a
     # fresh database; its ratio is taken against that reference.
@@ -549,11 +843,11 @@ def main():
     # The reference row shows the median reference; each rowpipe row's ratio
     # is against its own paired reference.
     ref_rate = sorted(args.rows / r["ref_secs"] for r in results)[len(results) // 2]
-    print(f"| run | rows/s | vs reference | upload rows/s | upload MiB/s | upload RSS MiB | consumer RSS MiB | Redis peak MiB | inserted | duplicates | rejected | table = reference |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| run | rows/s | vs reference | upload rows/s | upload MiB/s | upload RSS MiB | consumer RSS MiB | Redis peak MiB | Redis CPU µs/row | inserted | duplicates | rejected | table = reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     o = ref["ref_outcome"]
     print(f"| reference ({ {'postgres': 'COPY + INSERT … SELECT … ON CONFLICT', 'mysql': 'LOAD DATA … IGNORE + INSERT IGNORE … SELECT', 'sqlite': 'Python sqlite3, 1,000-row transactions'}[args.db] }) "
-          f"| {ref_rate:,.0f} | 1.00 | | | | | | {o['inserted']:,} | {o['duplicates']:,} | {o['rejected']:,} | |")
+          f"| {ref_rate:,.0f} | 1.00 | | | | | | | {o['inserted']:,} | {o['duplicates']:,} | {o['rejected']:,} | |")
     ok = True
     for r in results + ([traced] if traced else []) + [naive]:
         c = r["status"]["counts"]
@@ -566,7 +860,13 @@ def main():
             same = "yes" if match else f"NO ({r['differ']} rows differ)"
         print(f"| {r['label']} | {rate:,.0f} | {r.get('ratio', rate / ref_rate):.2f} | {n / r['upload_secs']:,.0f} | {r['bytes'] / 2**20 / r['upload_secs']:.1f} "
               f"| {r['rss_upload']:.0f} | {', '.join(f'{x:.0f}' for x in r['rss_consumers'])} | {r['redis_peak']:.1f} "
-              f"| {c['inserted']:,} | {c['duplicates']:,} | {c['rejected']:,} | {same} |")
+              f"| {redis_cpu_per_row(r)['total']:.1f} | {c['inserted']:,} | {c['duplicates']:,} | {c['rejected']:,} | {same} |")
+    roles = args.target.roles()
+    print(f"\nRedis CPU per row read (µs/row, user + system over the timed phase, from {args.target.cpu_source()}):")
+    for r in results + ([traced] if traced else []) + [naive]:
+        per = redis_cpu_per_row(r)
+        nodes = ", ".join(f"{n}{' ' + roles[n] if roles.get(n) else ''} {us:.1f}" for n, us in per.items() if n != "total")
+        print(f"  {r['label']}: {nodes}; total {per['total']:.1f}")
     default2 = next((r for r in results if len(r["rss_consumers"]) == 2), results[0])
     rate2 = default2["status"]["counts"]["read"] / default2["secs"]
     naive_rate = naive["status"]["counts"]["read"] / naive["secs"]
@@ -592,7 +892,7 @@ def main():
         print(f"  DNS queries counted at the server per mx run: {', '.join(str(x) for x in lookups)} "
               f"(at most one per domain per process: {bound}); same counts as off, none unverified: {'yes' if same else 'NO'}")
         ok &= same and all(x <= bound for x in lookups)
-    entry = entry_bytes(args.redis, csv_path)
+    entry = entry_bytes(args.target, csv_path)
     bound = default2["max_backlog"] * entry / 2**20
     peak = max(r["redis_peak"] for r in results)
     margin = 16
@@ -603,10 +903,18 @@ def main():
     return 0 if ok else 1
 
 
-def entry_bytes(redis_url, csv_path):
+def redis_cpu_per_row(r):
+    """{node: µs of Redis CPU per row read, …, "total": the sum} of a run."""
+    n = max(r["status"]["counts"]["read"], 1)
+    per = {node: secs * 1e6 / n for node, secs in sorted(r["redis_cpu"].items())}
+    per["total"] = sum(per.values())
+    return per
+
+
+def entry_bytes(target, csv_path):
     """Redis memory per stream entry for rows of this file, measured."""
-    r = Redis(redis_url)
     key = f"rowpipe:bench:entry-size:{os.getpid()}"
+    r = as_target(target).conn_for(key)
     with open(csv_path, encoding="utf-8") as f:
         next(f)
         for i, line in zip(range(10_000), f):
