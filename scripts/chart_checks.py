@@ -9,6 +9,7 @@ ROWPIPE_K8S_VERSION selects the Kubernetes schemas (default 1.33.0).
 """
 from __future__ import annotations
 
+import struct
 import argparse
 import copy
 import glob
@@ -548,8 +549,10 @@ def merged_values(chart, values=(), sets=(), base=True):
 
 def check_shard_table(chart):
     """files/shard-tags.yaml, checked against the rule in services/core/src/stream/shards.rs:
-    tag i of N is the first "<i>-<base 36>" whose slot lies in the i-th of N equal parts of
-    the slots, so the N keys spread over a cluster made with equal slot ranges."""
+    tag i of N is the first "<i>-<base 36>" whose slot lies in the middle half of the i-th of N
+    equal parts of the slots, so the N keys spread over a cluster made with equal slot ranges;
+    and each slot is checked to be in the range redis-cli --cluster create gives primary i of a
+    cluster of N primaries (it rounds, so the edges of the parts differ)."""
     def base36(n):
         digits = "0123456789abcdefghijklmnopqrstuvwxyz"
         out = ""
@@ -563,13 +566,37 @@ def check_shard_table(chart):
     for n, tags in table.items():
         require(len(tags) == n, f"{n} shards: {len(tags)} tags")
         for i, tag in enumerate(tags):
-            lo, hi = i * SLOTS // n, (i + 1) * SLOTS // n
+            start, end = i * SLOTS // n, (i + 1) * SLOTS // n
+            quarter = (end - start) // 4
+            lo, hi = start + quarter, end - quarter
             k = 0
             while not lo <= hash_slot(f"{i}-{base36(k)}") < hi:
                 k += 1
             want = f"{i}-{base36(k)}"
             require(tag == want, f"{n} shards, shard {i}: tag {tag!r}, the rule gives {want!r} (slot {lo}..{hi - 1})")
-    return "2..64 shards: every tag is the first whose CRC16 slot falls in its shard's part of the 16,384 slots"
+            first, last = redis_cli_split(n)[i]
+            slot = hash_slot(tag)
+            require(first <= slot <= last,
+                    f"{n} shards, shard {i}: slot {slot} is not on primary {i} of a {n}-primary cluster ({first}..{last})")
+    return ("2..64 shards: every tag is the first whose CRC16 slot falls in the middle half of its shard's part "
+            "of the 16,384 slots, and on its own primary of a redis-cli-made cluster of as many primaries")
+
+
+def redis_cli_split(primaries):
+    """The slot range redis-cli --cluster create gives each primary: a float (32-bit) step,
+    rounded, as its clusterManagerCommandCreate does."""
+    f32 = lambda x: struct.unpack("f", struct.pack("f", x))[0]
+    per = f32(SLOTS / primaries)
+    first, cursor, out = 0, 0.0, []
+    for i in range(primaries):
+        last = int(f32(cursor + per - 1) + 0.5)
+        if last > SLOTS or i == primaries - 1:
+            last = SLOTS - 1
+        last = max(last, first)
+        out.append((first, last))
+        first = last + 1
+        cursor = f32(cursor + per)
+    return out
 
 
 def check_keda_wiring(chart, values, sets=()):

@@ -13,23 +13,25 @@ use rowpipe_core::shutdown::Shutdown;
 use rowpipe_core::store::Store;
 use rowpipe_core::stream;
 use rowpipe_core::stream::Connection;
+use rowpipe_core::stream::shards::Shards;
 
 use crate::config::Config;
 
 /// Consumers idle this long with nothing pending are removed from the group.
 const FORGET_IDLE: Duration = Duration::from_secs(3600);
 
-/// One round of housekeeping on one shard (`stream_key`, shard `shard`).
+/// One round of housekeeping on shard `shard`.
 pub async fn tick(
     con: &mut Connection,
-    stream_key: &str,
-    group: &str,
+    shards: &Shards,
     shard: usize,
+    group: &str,
 ) -> redis::RedisResult<()> {
+    let stream_key = shards.key(shard);
     // A Redis that lost the queue is healed here too, within one period,
     // whatever the workers are doing (BUSYGROUP, the usual answer, is free).
     stream::ensure_group(con, stream_key, group).await?;
-    stream::sample_backlog_gauges(con, stream_key, group, shard).await?;
+    stream::sample_backlog_gauges(con, shards, shard, group).await?;
     let trimmed = stream::trim_acknowledged(con, stream_key).await?;
     if trimmed > 0 {
         metrics::counter!("rowpipe_stream_trimmed_total").increment(trimmed);
@@ -62,7 +64,7 @@ pub async fn run(
     let served = config.served_shards().unwrap_or_default();
     loop {
         for &shard in &served {
-            if let Err(e) = tick(&mut con, shards.key(shard), group, shard).await {
+            if let Err(e) = tick(&mut con, &shards, shard, group).await {
                 tracing::debug!(error = %e, shard, "housekeeping failed");
             }
         }

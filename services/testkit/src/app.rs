@@ -26,6 +26,9 @@ pub struct TestApp {
     pub db: TestDb,
     pub stream: String,
     pub group: String,
+    /// The settings of the stream the programs share: the Redis
+    /// deployment (cluster or not) and the shard keys.
+    pub stream_config: rowpipe_core::config::StreamConfig,
     pub store: Store,
     pub redis: Connection,
     pub client: reqwest::Client,
@@ -48,6 +51,11 @@ pub struct AppOptions {
     /// More command-line settings of the upload service (e.g.
     /// `["--max-uploads", "1"]`), for the tests of one setting's bound.
     pub extra_args: Vec<String>,
+    /// `redis_url` names the seed nodes of a Redis Cluster
+    /// (`ROWPIPE_REDIS_CLUSTER`; consumers of the app get it too).
+    pub redis_cluster: bool,
+    /// `ROWPIPE_STREAM_SHARDS` of the upload service and its consumers.
+    pub stream_shards: u16,
 }
 
 impl Default for AppOptions {
@@ -61,6 +69,8 @@ impl Default for AppOptions {
             upload_lease_secs: defaults.lease.upload_lease_secs,
             auth_tokens: TOKEN.to_string(),
             extra_args: Vec::new(),
+            redis_cluster: false,
+            stream_shards: 1,
         }
     }
 }
@@ -86,7 +96,13 @@ fn upload_config(
     let max_backlog = options.max_backlog.to_string();
     let max_body_bytes = options.max_body_bytes.to_string();
     let lease_secs = options.upload_lease_secs.to_string();
+    let cluster = options.redis_cluster.to_string();
+    let shards = options.stream_shards.to_string();
     let mut args: Vec<&str> = vec![
+        "--redis-cluster",
+        &cluster,
+        "--stream-shards",
+        &shards,
         // The test's own servers, database and stream.
         "--database-url",
         &db.url,
@@ -123,9 +139,12 @@ async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<
     let redis_url = options.redis_url.clone().unwrap_or_else(crate::redis_url);
     let config = upload_config(&db, &redis_url, &stream, &options)?;
     let group = config.stream.group.clone();
+    let stream_config = config.stream.clone();
     let store = Store::connect(&config.database).await?;
     store.migrate().await?;
-    let redis = rowpipe_core::stream::connect(&redis_url)
+    let redis = stream_config
+        .redis_target()
+        .connect()
         .await
         .with_context(|| {
             "cannot reach Redis: set REDIS_URL or run the suite through scripts/test".to_string()
@@ -140,6 +159,7 @@ async fn try_spawn_app(backend: Backend, options: AppOptions) -> anyhow::Result<
         db,
         stream,
         group,
+        stream_config,
         store,
         redis,
         client: reqwest::Client::new(),
@@ -315,19 +335,34 @@ impl TestApp {
             .expect("count")
     }
 
-    /// Entries delivered to the group but not acknowledged.
+    /// Entries delivered to the group but not acknowledged (over every
+    /// shard).
     pub async fn pending(&self) -> u64 {
+        self.backlog().await.pending
+    }
+
+    /// The group's backlog, summed over the stream's shards.
+    pub async fn backlog(&self) -> rowpipe_core::stream::GroupBacklog {
         let mut con = self.redis.clone();
-        // After a Redis restart the first command on a connection fails
-        // while it reconnects.
-        for _ in 0..5 {
-            if let Ok(b) = rowpipe_core::stream::backlog(&mut con, &self.stream, &self.group).await
-            {
-                return b.pending;
+        let mut total = rowpipe_core::stream::GroupBacklog::default();
+        for key in self.stream_config.shards().keys() {
+            // After a Redis restart the first command on a connection fails
+            // while it reconnects.
+            let mut answered = None;
+            for _ in 0..5 {
+                if let Ok(b) = rowpipe_core::stream::backlog(&mut con, key, &self.group).await {
+                    answered = Some(b);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let b =
+                answered.unwrap_or_else(|| panic!("cannot read the backlog of {key} from Redis"));
+            total.lag += b.lag;
+            total.pending += b.pending;
+            total.length += b.length;
         }
-        panic!("cannot read the group's backlog from Redis");
+        total
     }
 
     /// Ask the upload service to shut down (what SIGTERM does).
@@ -340,11 +375,11 @@ impl TestApp {
         self.trigger.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         let mut con = self.redis.clone();
-        let _: redis::RedisResult<()> = redis::cmd("DEL")
-            .arg(&self.stream)
-            .arg(format!("{}:dead", self.stream))
-            .query_async(&mut con)
-            .await;
+        // One key per command: on a cluster the keys are in different slots.
+        let dead = format!("{}:dead", self.stream);
+        for key in self.stream_config.shards().keys().iter().chain([&dead]) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut con).await;
+        }
         self.store.close().await;
         self.db.drop_db().await;
     }

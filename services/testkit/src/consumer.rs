@@ -29,6 +29,11 @@ impl ConsumerProcess {
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait().await
     }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl TestApp {
@@ -39,6 +44,14 @@ impl TestApp {
             ("REDIS_URL".into(), self.redis_url.clone()),
             ("ROWPIPE_STREAM".into(), self.stream.clone()),
             ("ROWPIPE_GROUP".into(), self.group.clone()),
+            (
+                "ROWPIPE_REDIS_CLUSTER".into(),
+                self.stream_config.redis_cluster.to_string(),
+            ),
+            (
+                "ROWPIPE_STREAM_SHARDS".into(),
+                self.stream_config.stream_shards.to_string(),
+            ),
             ("ROWPIPE_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
             ("ROWPIPE_CLAIM_IDLE_MS".into(), "3000".into()),
             ("RUST_LOG".into(), "warn".into()),

@@ -129,6 +129,14 @@ impl TestApp {
             .env("REDIS_URL", &self.redis_url)
             .env("ROWPIPE_STREAM", &self.stream)
             .env("ROWPIPE_GROUP", &self.group)
+            .env(
+                "ROWPIPE_REDIS_CLUSTER",
+                self.stream_config.redis_cluster.to_string(),
+            )
+            .env(
+                "ROWPIPE_STREAM_SHARDS",
+                self.stream_config.stream_shards.to_string(),
+            )
             .env("ROWPIPE_LISTEN", format!("127.0.0.1:{port}"))
             .env("ROWPIPE_AUTH_TOKENS", TOKEN)
             .env("RUST_LOG", "warn");

@@ -42,7 +42,9 @@ use rowpipe_core::stream::shards::Shards;
 use rowpipe_core::stream::{self, EntryBody, StreamEntry};
 use tracing::Instrument;
 
-/// Attempts per batch before the upload fails (about 20 s of Redis outage).
+/// Attempts per batch before the upload fails (about 20 s of Redis outage,
+/// or of too few replicas confirming: a failover and its old primary
+/// rejoining as a replica fit in it).
 const WRITE_ATTEMPTS: u32 = 10;
 
 /// Where and how to write.
@@ -173,7 +175,7 @@ pub enum EnqueueError {
     #[error("shutting down while waiting for consumers to catch up")]
     ShuttingDown,
     #[error(
-        "Redis replication: {confirmed} of {wanted} replicas confirmed the rows within {timeout_ms} ms (ROWPIPE_REDIS_WAIT_REPLICAS)"
+        "too few Redis replicas confirmed the rows ({confirmed} of the {wanted} of ROWPIPE_REDIS_WAIT_REPLICAS within {timeout_ms} ms)"
     )]
     NotReplicated {
         confirmed: i64,
@@ -406,7 +408,7 @@ impl ShardWriter {
             }
             tracing::warn!(error = %error, stream = %self.stream, attempt, "XADD batch failed; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

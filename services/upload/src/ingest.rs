@@ -296,6 +296,11 @@ where
             Stop::Body(e) => ApiError::BadRequest(format!(
                 "reading the request body failed after {rows_read} rows: {e}"
             )),
+            // Not an outage's detail but the deployment's guarantee: the
+            // client is told (the public message keeps what precedes ": ").
+            Stop::Enqueue(e @ EnqueueError::NotReplicated { .. }) => ApiError::Unavailable(
+                format!("writing rows to Redis failed after {rows_enqueued} rows, {e}"),
+            ),
             Stop::Enqueue(e) => ApiError::Unavailable(format!(
                 "writing rows to Redis failed after {rows_enqueued} rows: {e}"
             )),

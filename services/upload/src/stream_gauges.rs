@@ -26,8 +26,8 @@ pub async fn sample(
     group: &str,
 ) -> redis::RedisResult<stream::GroupBacklog> {
     let mut total = stream::GroupBacklog::default();
-    for (shard, key) in shards.keys().iter().enumerate() {
-        let backlog = stream::sample_backlog_gauges(con, key, group, shard).await?;
+    for shard in 0..shards.count() {
+        let backlog = stream::sample_backlog_gauges(con, shards, shard, group).await?;
         total.lag += backlog.lag;
         total.pending += backlog.pending;
         total.length += backlog.length;

@@ -5,6 +5,7 @@
 //! module per concern.
 
 mod accounting;
+mod cluster;
 mod db_faults;
 mod delivery;
 mod fixtures;

@@ -178,19 +178,20 @@ impl GroupBacklog {
 }
 
 /// Measure the group's backlog and set the stream gauges from it
-/// (`rowpipe_stream_length`, `_group_lag`, `_pending`, labelled by stream
-/// key, group and shard index), as both programs export them: the consumers in their
+/// (`rowpipe_stream_length`, `_group_lag`, `_pending`, labelled by the
+/// logical stream's name, the group and the shard's index), as both
+/// programs export them: the consumers in their
 /// housekeeping, the upload service so that the signal outlives a group
 /// scaled to zero.
 pub async fn sample_backlog_gauges(
     con: &mut Connection,
-    stream: &str,
-    group: &str,
+    shards: &shards::Shards,
     shard: usize,
+    group: &str,
 ) -> redis::RedisResult<GroupBacklog> {
-    let backlog = backlog(con, stream, group).await?;
+    let backlog = backlog(con, shards.key(shard), group).await?;
     let labels = [
-        ("stream", stream.to_string()),
+        ("stream", shards.stream().to_string()),
         ("group", group.to_string()),
         ("shard", shard.to_string()),
     ];

@@ -35,6 +35,7 @@ pub const MAX_SHARDS: u16 = 64;
 /// The shards of one logical stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shards {
+    stream: String,
     keys: Vec<String>,
 }
 
@@ -48,7 +49,16 @@ impl Shards {
                 .map(|i| format!("{stream}:{{{}}}", tag(i, count)))
                 .collect()
         };
-        Self { keys }
+        Self {
+            stream: stream.to_string(),
+            keys,
+        }
+    }
+
+    /// The logical stream's name (`ROWPIPE_STREAM`), which metrics carry as
+    /// their `stream` label beside the `shard` index.
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// How many shards.
@@ -97,11 +107,16 @@ impl Shards {
 
 /// The hash tag of shard `index` of `count`: the first of `0`, `1`, … `z`,
 /// `10`, … (base 36, after the shard's index and a dash) whose slot lies in
-/// the shard's part of the slots.
+/// the middle half of the shard's part of the slots. The middle, because
+/// clusters split the slots into parts that differ from an exact division
+/// by a slot here and there (`redis-cli --cluster create` rounds): a slot
+/// at the edge of the part could land on the neighbouring primary.
 pub fn tag(index: u16, count: u16) -> String {
     let count = count.max(1) as u32;
-    let low = (index as u32 * SLOTS as u32 / count) as u16;
-    let high = ((index as u32 + 1) * SLOTS as u32 / count) as u16;
+    let start = index as u32 * SLOTS as u32 / count;
+    let end = (index as u32 + 1) * SLOTS as u32 / count;
+    let quarter = (end - start) / 4;
+    let (low, high) = ((start + quarter) as u16, (end - quarter) as u16);
     let mut n: u32 = 0;
     loop {
         let candidate = format!("{index}-{}", base36(n));
@@ -282,19 +297,36 @@ mod tests {
         assert_eq!(shards.for_email(Some("a@example.com")), 0);
     }
 
+    /// The slots `redis-cli --cluster create` gives each of `primaries`
+    /// (its `clusterManagerCommandCreate`: a float step, rounded).
+    fn redis_cli_split(primaries: u32) -> Vec<(u32, u32)> {
+        let per = 16_384.0_f32 / primaries as f32;
+        let (mut first, mut cursor) = (0u32, 0.0_f32);
+        let mut out = Vec::new();
+        for i in 0..primaries {
+            let mut last = (cursor + per - 1.0).round() as u32;
+            if last > 16_384 || i == primaries - 1 {
+                last = 16_383;
+            }
+            last = last.max(first);
+            out.push((first, last));
+            first = last + 1;
+            cursor += per;
+        }
+        out
+    }
+
     #[test]
-    fn each_shard_lies_in_its_own_part_of_the_slots() {
+    fn each_shard_lies_on_its_own_primary_of_a_cluster_of_as_many() {
         for count in 2..=MAX_SHARDS {
             let shards = Shards::new("rowpipe:rows", count);
+            let split = redis_cli_split(count as u32);
             for (i, key) in shards.keys().iter().enumerate() {
                 let s = slot(key.as_bytes()) as u32;
-                let (low, high) = (
-                    i as u32 * 16_384 / count as u32,
-                    (i as u32 + 1) * 16_384 / count as u32,
-                );
+                let (first, last) = split[i];
                 assert!(
-                    (low..high).contains(&s),
-                    "{key}: slot {s} outside {low}..{high}"
+                    (first..=last).contains(&s),
+                    "{key}: slot {s} outside {first}..={last}"
                 );
             }
         }

@@ -7,6 +7,7 @@ mod compressed_and_foreign;
 mod http;
 mod intake_corpus;
 mod no_leaks;
+mod replication;
 mod resume;
 mod slow_clients;
 mod stream_gauges;
