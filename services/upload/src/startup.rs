@@ -162,6 +162,7 @@ impl Application {
         metrics::counter!("rowpipe_db_errors_total", "program" => "upload").absolute(0);
         metrics::counter!("rowpipe_redis_errors_total", "program" => "upload").absolute(0);
         metrics::counter!("rowpipe_upload_backpressure_waits_total").absolute(0);
+        metrics::counter!("rowpipe_upload_replication_shortfalls_total").absolute(0);
         let metrics_server = self.metrics.map(|(listener, router)| {
             let mut stop = shutdown.clone();
             tracing::info!(port = ?listener.local_addr().ok().map(|a| a.port()), "probes and /metrics listening");

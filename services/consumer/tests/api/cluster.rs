@@ -194,3 +194,48 @@ async fn a_primary_killed_mid_ingest_fails_over_and_the_table_is_still_exact() {
     }
     app.cleanup_with(&mut consumers).await;
 }
+
+/// Each shard's group backlog (lag + pending).
+async fn unacknowledged_per_shard(app: &TestApp) -> Vec<u64> {
+    let mut con = app.redis.clone();
+    let mut out = Vec::new();
+    for key in app.stream_config.shards().keys() {
+        let backlog = rowpipe_core::stream::backlog(&mut con, key, &app.group)
+            .await
+            .expect("a shard's backlog");
+        out.push(backlog.unacknowledged());
+    }
+    out
+}
+
+#[tokio::test]
+async fn consumers_pinned_to_shards_serve_only_theirs_and_together_finish_the_upload() {
+    // Three shards on the one shared Redis (no cluster): sharding works
+    // without one too.
+    let app = spawn_app_with(
+        Backend::Postgres,
+        AppOptions {
+            stream_shards: SHARDS,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let file = generate_contacts(9_000, 20, 2, 1820);
+    let mut consumers = vec![app.spawn_consumer(CONSUMER_BIN, &[("ROWPIPE_SHARDS", "0")])];
+    let id = app.upload_ok(file.csv.clone()).await;
+    eventually(Duration::from_secs(60), "shard 0 drained", || async {
+        unacknowledged_per_shard(&app).await[0] == 0
+    })
+    .await;
+    let left = unacknowledged_per_shard(&app).await;
+    assert!(
+        left[1] > 0 && left[2] > 0,
+        "shards 1 and 2 wait for a consumer of theirs: {left:?}"
+    );
+    assert_ne!(app.status(&id).await["status"], "completed");
+
+    consumers.push(app.spawn_consumer(CONSUMER_BIN, &[("ROWPIPE_SHARDS", "1-2")]));
+    let status = app.wait_completed(&id, Duration::from_secs(120)).await;
+    assert_exact(&app, &id, &file, &status).await;
+    app.cleanup_with(&mut consumers).await;
+}
