@@ -232,8 +232,9 @@ async fn migrate(
                 rowpipe_core::config::redact(&stream.redis_url)
             )
         })?;
-        for key in stream.shards().keys() {
-            rowpipe_core::stream::ensure_group(&mut con, key, &stream.group).await?;
+        let shards = stream.shards();
+        rowpipe_core::stream::ensure_groups(&mut con, &shards, &stream.group).await?;
+        for key in shards.keys() {
             println!("stream {key} has consumer group {}", stream.group);
         }
     }

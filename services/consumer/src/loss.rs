@@ -170,19 +170,24 @@ impl LossSweep<'_> {
     /// With shards, the range is the upload's least and greatest id over
     /// all of them, and each shard is asked about all of it: ids of
     /// different shards come from different servers' clocks, so the range
-    /// starts [`CLOCK_SKEW`] earlier (an entry of a shard whose clock runs
-    /// behind may be older than the first id recorded). Other uploads'
-    /// entries in the range only delay the answer.
+    /// is widened by [`CLOCK_SKEW`] on both sides (an entry of a shard whose
+    /// clock runs behind may be older than the first id recorded; the first
+    /// id kept is the first one recorded, and a resume records its own
+    /// last). Other uploads' entries in the range only delay the answer.
     async fn still_in_stream(&mut self, candidate: &AccountingCandidate) -> anyhow::Result<bool> {
+        let sharded = self.shards.count() > 1;
         let last = match &candidate.last_entry_id {
-            Some(last) => last.clone(),
+            Some(last) if sharded => shift(last, CLOCK_SKEW.as_millis() as i64),
+            Some(last) => Some(last.clone()),
+            None => None,
+        };
+        let last = match last {
+            Some(last) => last,
             None => stream::tip_of_shards(self.con, self.shards).await?,
         };
-        let first = match (&candidate.first_entry_id, self.shards.count()) {
-            (Some(first), 1) => Some(first.clone()),
-            (Some(first), _) => stream::parse_id(first)
-                .map(|(ms, _)| format!("{}-0", ms.saturating_sub(CLOCK_SKEW.as_millis() as u64))),
-            (None, _) => None,
+        let first = match &candidate.first_entry_id {
+            Some(first) if sharded => shift(first, -(CLOCK_SKEW.as_millis() as i64)),
+            first => first.clone(),
         };
         for key in self.shards.keys() {
             if stream::holds_range(self.con, key, self.group, first.as_deref(), &last).await? {
@@ -191,6 +196,18 @@ impl LossSweep<'_> {
         }
         Ok(false)
     }
+}
+
+/// The id `by_ms` milliseconds later (earlier, if negative) than `id`: the
+/// start of that millisecond going back, its end going forward.
+fn shift(id: &str, by_ms: i64) -> Option<String> {
+    let (ms, _) = stream::parse_id(id)?;
+    let ms = (ms as i64).saturating_add(by_ms).max(0) as u64;
+    Some(if by_ms < 0 {
+        format!("{ms}-0")
+    } else {
+        format!("{ms}-{}", u64::MAX)
+    })
 }
 
 /// How far apart the clocks of a cluster's primaries may be for loss

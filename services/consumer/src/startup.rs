@@ -43,11 +43,14 @@ impl Application {
         // the schema; the migration Job (`rowpipe migrate`) does that.
         store.check_schema().await?;
         let mut redis = config.stream.redis_target().connect().await?;
-        let keys = config.stream.shards();
+        rowpipe_core::stream::ensure_groups(
+            &mut redis,
+            &config.stream.shards(),
+            &config.stream.group,
+        )
+        .await?;
         let mut shards = ServedShards::new();
         for shard in config.served_shards()? {
-            rowpipe_core::stream::ensure_group(&mut redis, keys.key(shard), &config.stream.group)
-                .await?;
             shards.push((
                 shard,
                 Arc::new(ReclaimTurns::new(config.reclaim_interval())),

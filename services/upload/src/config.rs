@@ -100,7 +100,7 @@ pub struct Config {
     pub redis_wait_replicas: u32,
 
     /// Milliseconds `WAIT` waits for the replicas of
-    /// `ROWPIPE_REDIS_WAIT_REPLICAS`.
+    /// `ROWPIPE_REDIS_WAIT_REPLICAS` (1 to 5000).
     #[arg(long, env = "ROWPIPE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_wait_timeout_ms: u64,
 
@@ -155,6 +155,14 @@ impl Config {
         {
             anyhow::bail!(
                 "ROWPIPE_ENQUEUE_BATCH_BYTES must be at least 1 and ROWPIPE_MAX_BACKLOG_BYTES at least that"
+            );
+        }
+        if self.redis_wait_replicas > 0 && !(1..=5000).contains(&self.redis_wait_timeout_ms) {
+            // 0 is "forever" to Redis, and a WAIT must end well within the
+            // connection's 10 s reply timeout.
+            anyhow::bail!(
+                "ROWPIPE_REDIS_WAIT_TIMEOUT_MS must be between 1 and 5000 (got {})",
+                self.redis_wait_timeout_ms
             );
         }
         if self.max_backlog < self.enqueue_batch as u64 {

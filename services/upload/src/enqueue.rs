@@ -25,9 +25,11 @@
 //! timeout`, on the same connection as its `XADD`s: Redis replicates
 //! asynchronously, and a primary that dies before its replica has the rows
 //! would lose rows the upload had counted as enqueued. The rows are only
-//! counted once K replicas confirm; when fewer do, the pipeline is written
-//! again (consumers record each row once) and after its attempts the upload
-//! fails, resumable.
+//! counted once K replicas confirm; when fewer do, `WAIT` is asked again
+//! (after an error, the pipeline is written again: consumers record each
+//! row once), and after its attempts the upload fails, resumable. Each
+//! upload then has a connection of its own, since a blocked `WAIT` holds up
+//! everything else sent on its connection.
 //!
 //! Entries are counted, and their bytes too (`ROWPIPE_MAX_BACKLOG_BYTES`,
 //! read with `MEMORY USAGE … SAMPLES`): rows may be up to a mebibyte, so a
@@ -42,14 +44,17 @@ use rowpipe_core::stream::shards::Shards;
 use rowpipe_core::stream::{self, EntryBody, StreamEntry};
 use tracing::Instrument;
 
-/// Attempts per batch before the upload fails (about 20 s of Redis outage,
-/// or of too few replicas confirming: a failover and its old primary
-/// rejoining as a replica fit in it).
+/// Attempts per batch before the upload fails: about 15 s of Redis outage,
+/// or about 25 s of too few replicas confirming (with `WAIT`'s default
+/// 1 s timeout per attempt).
 const WRITE_ATTEMPTS: u32 = 10;
 
 /// Where and how to write.
 #[derive(Clone, Debug)]
 pub struct EnqueueConfig {
+    /// Where Redis is (for an upload's own connection, see
+    /// [`Enqueuer::write`]).
+    pub redis: rowpipe_core::stream::RedisTarget,
     /// The stream's shard keys (one: the stream key itself).
     pub shards: Shards,
     pub group: String,
@@ -110,53 +115,65 @@ pub struct EntryIds {
 impl EntryIds {
     /// The range covering both.
     pub fn union(self, other: EntryIds) -> EntryIds {
+        use std::cmp::{max_by, min_by};
         EntryIds {
-            first: stream::earlier_id(self.first, other.first),
-            last: stream::later_id(self.last, other.last),
+            first: min_by(self.first, other.first, |a, b| stream::compare_ids(a, b)),
+            last: max_by(self.last, other.last, |a, b| stream::compare_ids(a, b)),
         }
+    }
+
+    fn widen(range: &mut Option<EntryIds>, ids: EntryIds) {
+        *range = Some(match range.take() {
+            Some(range) => range.union(ids),
+            None => ids,
+        });
     }
 }
 
 /// A pipeline's reply: the ids of its `XADD`s, and how many replicas
-/// confirmed them if it ended with `WAIT`.
-struct PipelineReply {
-    ids: EntryIds,
-    replicas: Option<i64>,
-}
-
-impl redis::FromRedisValue for PipelineReply {
-    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
-        // One id per XADD, then WAIT's count if asked. Server errors in it
-        // were turned into an error of the whole call before this.
-        let redis::Value::Array(mut items) = v else {
-            return Err("an XADD pipeline's reply is not an array".into());
-        };
-        let replicas = match items.last() {
-            Some(redis::Value::Int(n)) => {
-                let n = *n;
-                items.pop();
-                Some(n)
-            }
-            _ => None,
-        };
-        let last = items.pop().ok_or("an XADD pipeline replied with no ids")?;
-        let last: String = redis::from_redis_value(last)?;
-        let first = if items.is_empty() {
-            last.clone()
-        } else {
-            redis::from_redis_value(items.swap_remove(0))?
-        };
-        Ok(PipelineReply {
-            ids: EntryIds { first, last },
-            replicas,
-        })
-    }
+/// confirmed them if it ended with `WAIT` (`waited`). Server errors in it
+/// were turned into an error of the whole call before this.
+fn pipeline_reply(
+    mut items: Vec<redis::Value>,
+    waited: bool,
+) -> redis::RedisResult<(EntryIds, Option<i64>)> {
+    let unexpected = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "an XADD pipeline's reply",
+            what.to_string(),
+        ))
+    };
+    let replicas = if waited {
+        match items.pop() {
+            Some(redis::Value::Int(n)) => Some(n),
+            other => return Err(unexpected(&format!("WAIT replied {other:?}"))),
+        }
+    } else {
+        None
+    };
+    let last = items.pop().ok_or_else(|| unexpected("no ids"))?;
+    let last: String = redis::from_redis_value(last)?;
+    let first = if items.is_empty() {
+        last.clone()
+    } else {
+        redis::from_redis_value(items.swap_remove(0))?
+    };
+    Ok((EntryIds { first, last }, replicas))
 }
 
 /// Writes batches to the stream, waiting while the backlog is too large.
 pub struct Enqueuer {
     /// One writer per shard, each with its handle on the connection.
-    shards: Vec<ShardWriter>,
+    writers: Vec<ShardWriter>,
+    routing: Shards,
+    config: EnqueueConfig,
+    /// Whether the writers have their own connection for `WAIT` (see
+    /// [`Enqueuer::write`]).
+    own_connection: bool,
+    /// The ids of every entry written so far, over all shards: failed
+    /// writes that wrote some shards included.
+    written: Option<EntryIds>,
 }
 
 /// The writer of one shard.
@@ -186,7 +203,7 @@ pub enum EnqueueError {
 
 impl Enqueuer {
     pub fn new(con: Connection, config: EnqueueConfig) -> Self {
-        let shards = config
+        let writers = config
             .shards
             .keys()
             .iter()
@@ -196,32 +213,59 @@ impl Enqueuer {
                 stream: key.clone(),
             })
             .collect();
-        Self { shards }
+        Self {
+            writers,
+            routing: config.shards.clone(),
+            config,
+            own_connection: false,
+            written: None,
+        }
+    }
+
+    /// The least and the greatest id of the entries written so far (over
+    /// all shards, failed writes included: what the loss check must look
+    /// through).
+    pub fn written(&self) -> Option<&EntryIds> {
+        self.written.as_ref()
     }
 
     /// Write one batch, each shard's rows in one pipeline (the shards'
-    /// pipelines at once), under a producer span each; returns the ids of
-    /// its first and last entry over all shards (None for an empty batch).
+    /// pipelines at once), under a producer span each. On an error, the
+    /// shards' parts that were written are still in [`Self::written`].
+    ///
+    /// With `WAIT`, the upload gets a connection of its own at its first
+    /// batch: Redis answers nothing else on a connection while a `WAIT`
+    /// blocks it, so on the instance's shared one every other upload's
+    /// writes, the backlog measures and the probes would queue behind it.
+    /// (If that connection cannot be made now, the shared one is used.)
     pub async fn write(
         &mut self,
         upload_id: &str,
         batch: &[StreamEntry],
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
-    ) -> Result<Option<EntryIds>, EnqueueError> {
+    ) -> Result<(), EnqueueError> {
         if batch.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
-        if self.shards.len() == 1 {
-            let entries: Vec<&StreamEntry> = batch.iter().collect();
-            return self.shards[0].write(upload_id, &entries, shutdown).await;
+        if self.config.wait_replicas > 0 && !self.own_connection {
+            match self.config.redis.connect().await {
+                Ok(con) => {
+                    for writer in &mut self.writers {
+                        writer.con = con.clone();
+                    }
+                    self.own_connection = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no connection of the upload's own for WAIT; using the shared one")
+                }
+            }
         }
-        let mut parts: Vec<Vec<&StreamEntry>> = vec![Vec::new(); self.shards.len()];
-        let routing = self.shards[0].config.shards.clone();
+        let mut parts: Vec<Vec<&StreamEntry>> = vec![Vec::new(); self.writers.len()];
         for entry in batch {
-            parts[shard_of(&routing, entry)].push(entry);
+            parts[shard_of(&self.routing, entry)].push(entry);
         }
         let writes = self
-            .shards
+            .writers
             .iter_mut()
             .zip(parts)
             .filter(|(_, part)| !part.is_empty())
@@ -229,8 +273,21 @@ impl Enqueuer {
                 let mut shutdown = shutdown.clone();
                 async move { writer.write(upload_id, &part, &mut shutdown).await }
             });
-        let written = futures::future::try_join_all(writes).await?;
-        Ok(written.into_iter().flatten().reduce(EntryIds::union))
+        // Every shard's write runs to its end: one that fails does not
+        // cancel the others, whose entries must be in the range.
+        let mut failure = None;
+        for (ids, result) in futures::future::join_all(writes).await {
+            if let Some(ids) = ids {
+                EntryIds::widen(&mut self.written, ids);
+            }
+            if let Err(e) = result {
+                failure.get_or_insert(e);
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -332,19 +389,21 @@ impl ShardWriter {
     }
 
     /// Write one shard's part of a batch in one pipeline, under a producer
-    /// span; returns the ids of its first and last entry.
+    /// span: the ids of the entries it wrote (if it wrote any), and whether
+    /// the write succeeded (with `WAIT`: and was confirmed).
     async fn write(
         &mut self,
         upload_id: &str,
         batch: &[&StreamEntry],
         shutdown: &mut rowpipe_core::shutdown::Shutdown,
-    ) -> Result<Option<EntryIds>, EnqueueError> {
-        if batch.is_empty() {
-            return Ok(None);
-        }
+    ) -> (Option<EntryIds>, Result<(), EnqueueError>) {
         let bytes: u64 = batch.iter().map(|e| entry_bytes(e) as u64).sum();
-        self.wait_for_room(batch.len() as u64, bytes, shutdown)
-            .await?;
+        if let Err(e) = self
+            .wait_for_room(batch.len() as u64, bytes, shutdown)
+            .await
+        {
+            return (None, Err(e));
+        }
         let first = batch.first().map(|e| e.row_number).unwrap_or(0);
         let last = batch.last().map(|e| e.row_number).unwrap_or(0);
         let span = tracing::info_span!(
@@ -370,45 +429,56 @@ impl ShardWriter {
             // to the node of its first key), so it waits for these writes.
             pipe.cmd("WAIT").arg(wanted).arg(timeout.as_millis() as u64);
         }
-        // A failed pipeline may have written part of the batch; writing it
-        // again is safe because consumers record each (upload, row) once.
+        // Written but not yet confirmed by enough replicas: then only WAIT
+        // is asked again, on the same connection (its writes are these);
+        // after an error the pipeline is written again, which is safe
+        // because consumers record each (upload, row) once.
+        let mut unconfirmed = false;
+        let mut ids: Option<EntryIds> = None;
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result: redis::RedisResult<PipelineReply> = pipe
-                .query_async(&mut self.con)
-                .instrument(span.clone())
-                .await;
-            let error = match result {
-                Ok(reply) => match reply.replicas {
-                    Some(confirmed) if confirmed < wanted as i64 => {
-                        metrics::counter!("rowpipe_upload_replication_shortfalls_total")
-                            .increment(1);
-                        EnqueueError::NotReplicated {
-                            confirmed,
-                            wanted,
-                            timeout_ms: timeout.as_millis(),
-                        }
+            let replicas = if unconfirmed {
+                self.con.wait(&self.stream, wanted, timeout).await.map(Some)
+            } else {
+                pipe.query_async::<Vec<redis::Value>>(&mut self.con)
+                    .instrument(span.clone())
+                    .await
+                    .and_then(|items| pipeline_reply(items, wanted > 0))
+                    .map(|(written, replicas)| {
+                        EntryIds::widen(&mut ids, written);
+                        replicas
+                    })
+            };
+            let error = match replicas {
+                Ok(Some(confirmed)) if confirmed < wanted as i64 => {
+                    unconfirmed = true;
+                    metrics::counter!("rowpipe_upload_replication_shortfalls_total").increment(1);
+                    EnqueueError::NotReplicated {
+                        confirmed,
+                        wanted,
+                        timeout_ms: timeout.as_millis(),
                     }
-                    _ => {
-                        metrics::counter!("rowpipe_upload_rows_enqueued_total")
-                            .increment(batch.len() as u64);
-                        return Ok(Some(reply.ids));
-                    }
-                },
+                }
+                Ok(_) => {
+                    metrics::counter!("rowpipe_upload_rows_enqueued_total")
+                        .increment(batch.len() as u64);
+                    return (ids, Ok(()));
+                }
                 Err(e) => {
+                    unconfirmed = false;
                     metrics::counter!("rowpipe_redis_errors_total", "program" => "upload")
                         .increment(1);
                     EnqueueError::Redis(e)
                 }
             };
             if attempt >= WRITE_ATTEMPTS || shutdown.is_requested() {
-                return Err(error);
+                return (ids, Err(error));
             }
             tracing::warn!(error = %error, stream = %self.stream, attempt, "XADD batch failed; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(Duration::from_secs(3));
         }
     }
 }

@@ -91,30 +91,32 @@ where
             let mut written: i64 = 0;
             while let Some((batch, share)) = rx.recv().await {
                 let n = batch.len() as i64;
-                let ids = enqueuer
+                let result = enqueuer
                     .write(&writer_upload, &batch, &mut writer_shutdown)
-                    .await?;
+                    .await;
                 drop(share);
-                written += n;
-                // Rows are numbered in file order and every earlier row is
-                // written or accounted for, so the last row number written
-                // is how far the stream holds the file.
-                if let (Some(ids), Some(progress)) = (ids, &progress) {
+                if let Some(progress) = &progress {
+                    // The range of every entry written, a failed write's
+                    // included (the loss check must look through them);
+                    // the rows only once they are all written. Rows are
+                    // numbered in file order and every earlier row is
+                    // written or accounted for, so the last row number
+                    // written is how far the stream holds the file.
                     let reached = batch.last().map(|e| e.row_number).unwrap_or(0);
+                    let ids = enqueuer.written().cloned();
+                    let done = result.is_ok();
                     progress.send_modify(|p| {
-                        p.rows_enqueued = p.rows_enqueued.max(reached);
-                        // Least and greatest by number: with shards, a later
-                        // pipeline's ids may be below an earlier one's.
-                        p.first_entry_id = Some(match p.first_entry_id.take() {
-                            Some(first) => rowpipe_core::stream::earlier_id(first, ids.first),
-                            None => ids.first,
-                        });
-                        p.last_entry_id = Some(match p.last_entry_id.take() {
-                            Some(last) => rowpipe_core::stream::later_id(last, ids.last),
-                            None => ids.last,
-                        });
+                        if done {
+                            p.rows_enqueued = p.rows_enqueued.max(reached);
+                        }
+                        if let Some(ids) = ids {
+                            p.first_entry_id = Some(ids.first);
+                            p.last_entry_id = Some(ids.last);
+                        }
                     });
                 }
+                result?;
+                written += n;
             }
             // `progress` is dropped here: the lease knows the writer is done.
             Ok::<i64, EnqueueError>(written)

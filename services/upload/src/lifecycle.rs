@@ -269,19 +269,17 @@ async fn begin(
     tenant: Option<String>,
 ) -> Result<Attempt, ApiError> {
     let mut redis = state.redis.clone();
-    let group = &state.enqueue.group;
-    for stream in state.enqueue.shards.keys() {
-        // The shared connection learns that Redis went away (a restart, a
-        // failover) from the first command that fails, and reconnects for
-        // the next: one more try spares this client a 503 for a dead socket.
-        if let Err(e) = rowpipe_core::stream::ensure_group(&mut redis, stream, group).await {
-            if !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()) {
-                return Err(ApiError::Unavailable(format!("Redis unavailable: {e}")));
-            }
-            rowpipe_core::stream::ensure_group(&mut redis, stream, group)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("Redis unavailable: {e}")))?;
+    let (shards, group) = (&state.enqueue.shards, &state.enqueue.group);
+    // The shared connection learns that Redis went away (a restart, a
+    // failover) from the first command that fails, and reconnects for the
+    // next: one more try spares this client a 503 for a dead socket.
+    if let Err(e) = rowpipe_core::stream::ensure_groups(&mut redis, shards, group).await {
+        if !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()) {
+            return Err(ApiError::Unavailable(format!("Redis unavailable: {e}")));
         }
+        rowpipe_core::stream::ensure_groups(&mut redis, shards, group)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("Redis unavailable: {e}")))?;
     }
     if let Some(attempt) = resumed {
         return Ok(attempt);

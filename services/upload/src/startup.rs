@@ -52,10 +52,9 @@ impl Application {
         let shards = config.stream.shards();
         // The groups exist before the first row, so their lag counts every
         // row and backpressure works before any consumer has started.
-        for key in shards.keys() {
-            rowpipe_core::stream::ensure_group(&mut redis, key, &config.stream.group).await?;
-        }
+        rowpipe_core::stream::ensure_groups(&mut redis, &shards, &config.stream.group).await?;
         let enqueue = EnqueueConfig {
+            redis: config.stream.redis_target(),
             shards,
             group: config.stream.group.clone(),
             max_backlog: config.max_backlog,

@@ -18,21 +18,12 @@ use rowpipe_core::stream::shards::Shards;
 /// How often the gauges are sampled: as often as the consumers' housekeeping.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-/// Sample each shard's group backlog once and set the gauges; returns the
-/// sum over the shards.
-pub async fn sample(
-    con: &mut Connection,
-    shards: &Shards,
-    group: &str,
-) -> redis::RedisResult<stream::GroupBacklog> {
-    let mut total = stream::GroupBacklog::default();
+/// Sample each shard's group backlog once and set the gauges.
+pub async fn sample(con: &mut Connection, shards: &Shards, group: &str) -> redis::RedisResult<()> {
     for shard in 0..shards.count() {
-        let backlog = stream::sample_backlog_gauges(con, shards, shard, group).await?;
-        total.lag += backlog.lag;
-        total.pending += backlog.pending;
-        total.length += backlog.length;
+        stream::sample_backlog_gauges(con, shards, shard, group).await?;
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Run [`sample`] every [`SAMPLE_EVERY`] until shutdown. A failed sample

@@ -196,11 +196,6 @@ impl Worker {
         self.group.consumer()
     }
 
-    /// The shard this worker's next turn is on.
-    pub fn shard(&self) -> usize {
-        self.shard
-    }
-
     /// Move to the next shard served (a no-op with one).
     fn next_shard(&mut self) {
         if let Some((shard, group, turns)) = self.waiting.pop_front() {

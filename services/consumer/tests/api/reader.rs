@@ -39,7 +39,10 @@ async fn the_read_connection_authenticates_selects_its_database_and_reads_in_ord
     let url = format!("redis://{user}:{pass}@{host}:{port}/5");
     let key = rowpipe_testkit::fresh_stream();
 
-    let mut writer = stream::connect(&url).await.expect("writer in db 5");
+    let mut writer = RedisTarget::single(&url)
+        .connect()
+        .await
+        .expect("writer in db 5");
     stream::ensure_group(&mut writer, &key, "g")
         .await
         .expect("group");

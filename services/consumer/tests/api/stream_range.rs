@@ -27,7 +27,8 @@ async fn read(con: &mut rowpipe_core::stream::Connection, key: &str, count: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_is_held_while_an_entry_of_it_is_undelivered_or_pending() {
-    let mut con = stream::connect(&rowpipe_testkit::redis_url())
+    let mut con = stream::RedisTarget::single(&rowpipe_testkit::redis_url())
+        .connect()
         .await
         .expect("connect to redis");
     let key = rowpipe_testkit::fresh_stream();

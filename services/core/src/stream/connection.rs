@@ -1,9 +1,10 @@
 //! One connection type for both deployments of Redis: a single server, or a
 //! Redis Cluster.
 //!
-//! Every command rowpipe sends names one key (or, for `WAIT`, rides in a
-//! pipeline behind the writes it waits for), so the same code runs on
-//! both: [`Connection::Single`] is redis-rs's auto-reconnecting
+//! Every command rowpipe sends names one key (the two that name none,
+//! `WAIT` and the readiness `PING`, are routed here: [`Connection::wait`],
+//! [`Connection::ping`]; `WAIT` also rides in a pipeline behind the writes
+//! it waits for), so the same code runs on both: [`Connection::Single`] is redis-rs's auto-reconnecting
 //! `ConnectionManager`; [`Connection::Cluster`] is its cluster connection,
 //! which discovers the topology from the seed nodes, sends each command to
 //! the primary of its key's slot, follows `MOVED` and `ASK`, and refreshes
@@ -16,6 +17,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 /// Where Redis is.
@@ -101,12 +103,59 @@ fn cluster_client(
         .tcp_settings(tcp)
         .connection_timeout(CONNECTION_TIMEOUT)
         .response_timeout(response_timeout)
-        // A failover takes the cluster's node timeout plus an election:
-        // retries with backoff span about that before a command fails.
+        // A few quick retries with backoff (about 1.5 s in all) ride out a
+        // redirection or a refreshed slot map. A failover takes longer (the
+        // cluster's node timeout, 15 s by default, plus an election): its
+        // commands fail, and the callers' own retries carry them (the
+        // upload's write attempts, the consumer loop's backoff).
         .retries(8)
         .min_retry_wait(50)
         .max_retry_wait(2_000)
         .build()
+}
+
+impl Connection {
+    /// `PING`: whether Redis answers. On a cluster one node is asked (at
+    /// random; redis-rs would otherwise ask every primary), so that a
+    /// primary failing over does not make every client unready.
+    pub async fn ping(&mut self) -> redis::RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Self::Single(con) => ping.query_async::<Value>(con).await.map(drop),
+            Self::Cluster(con) => con
+                .route_command(ping, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                .await
+                .map(drop),
+        }
+    }
+
+    /// `WAIT replicas timeout` on the primary that holds `key`: how many
+    /// replicas have acknowledged this connection's writes to it so far.
+    /// (A bare `WAIT` on a cluster connection would go to every primary
+    /// and answer the least of their counts.)
+    pub async fn wait(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Self::Single(con) => wait.query_async(con).await,
+            Self::Cluster(con) => {
+                let slot = super::shards::slot(key.as_bytes());
+                let route = Route::new(slot, SlotAddr::Master);
+                let reply = con
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Connection {

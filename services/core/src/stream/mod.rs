@@ -39,12 +39,6 @@ pub use entry::{EntryBody, EntryError, StreamEntry};
 pub use group::ConsumerGroup;
 pub use range::holds_range;
 
-/// The shared connection to one server, for non-blocking commands (see
-/// [`RedisTarget::connect`], which serves clusters too).
-pub async fn connect(url: &str) -> redis::RedisResult<Connection> {
-    RedisTarget::single(url).connect().await
-}
-
 /// A client whose TCP connections send at once (`TCP_NODELAY`). redis-rs
 /// leaves Nagle's algorithm on by default, and a pipeline of 500 `XADD`s is
 /// bigger than a TCP segment: its tail would wait for Redis's delayed ACK.
@@ -75,6 +69,18 @@ pub(crate) fn keepalive() -> redis::io::tcp::socket2::TcpKeepalive {
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10))
         .with_retries(3)
+}
+
+/// [`ensure_group`] on every shard of the stream.
+pub async fn ensure_groups(
+    con: &mut Connection,
+    shards: &shards::Shards,
+    group: &str,
+) -> redis::RedisResult<()> {
+    for key in shards.keys() {
+        ensure_group(con, key, group).await?;
+    }
+    Ok(())
 }
 
 /// Create the consumer group (and the stream) if missing. Idempotent.
@@ -135,28 +141,17 @@ pub async fn tip_of_shards(
     let mut greatest = String::from("0-0");
     for key in shards.keys() {
         let tip = tip(con, key).await?;
-        greatest = later_id(greatest, tip);
+        greatest = std::cmp::max_by(greatest, tip, |a, b| compare_ids(a, b));
     }
     Ok(greatest)
 }
 
-/// The later of two entry ids (by number, not text: `10-0` is after
+/// Entry ids in stream order: by number, not text (`10-0` is after
 /// `9-0`); an id that does not parse counts as `0-0`.
-pub fn later_id(a: String, b: String) -> String {
-    if parse_id(&b).unwrap_or((0, 0)) > parse_id(&a).unwrap_or((0, 0)) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The earlier of two entry ids, by number.
-pub fn earlier_id(a: String, b: String) -> String {
-    if parse_id(&b).unwrap_or((0, 0)) < parse_id(&a).unwrap_or((0, 0)) {
-        b
-    } else {
-        a
-    }
+pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    parse_id(a)
+        .unwrap_or((0, 0))
+        .cmp(&parse_id(b).unwrap_or((0, 0)))
 }
 
 /// The group's view of the stream.
@@ -168,6 +163,15 @@ pub struct GroupBacklog {
     pub pending: u64,
     /// Entries in the stream (acknowledged ones not yet trimmed included).
     pub length: u64,
+}
+
+impl std::ops::AddAssign for GroupBacklog {
+    /// The backlog of two shards together.
+    fn add_assign(&mut self, other: Self) {
+        self.lag += other.lag;
+        self.pending += other.pending;
+        self.length += other.length;
+    }
 }
 
 impl GroupBacklog {

@@ -66,9 +66,10 @@ impl Shards {
         self.keys.len()
     }
 
-    /// The key of shard `index`.
+    /// The key of shard `index` (below [`Self::count`]: the indexes come
+    /// from [`Self::for_email`] and [`ShardSet::resolve`]).
     pub fn key(&self, index: usize) -> &str {
-        &self.keys[index % self.keys.len()]
+        &self.keys[index]
     }
 
     /// Every key, in shard order.
@@ -223,10 +224,15 @@ impl ShardSet {
         }
         let mut shards = Vec::new();
         for part in text.split(',').map(str::trim) {
-            let number = |s: &str| {
-                s.trim().parse::<usize>().map_err(|_| {
-                    ShardSetError(format!("{s:?} is not a shard number (in {text:?})"))
-                })
+            let number = |s: &str| match s.trim().parse::<usize>() {
+                Ok(n) if n < MAX_SHARDS as usize => Ok(n),
+                Ok(n) => Err(ShardSetError(format!(
+                    "shard {n} is past the largest possible ({})",
+                    MAX_SHARDS - 1
+                ))),
+                Err(_) => Err(ShardSetError(format!(
+                    "{s:?} is not a shard number (in {text:?})"
+                ))),
             };
             match part.split_once('-') {
                 Some((from, to)) => {
@@ -373,6 +379,9 @@ mod tests {
                 .contains("shard 5 does not exist")
         );
         assert!(ShardSet::parse("2-1").is_err());
+        // A huge range is refused, not expanded.
+        assert!(ShardSet::parse("0-18446744073709551615").is_err());
+        assert!(ShardSet::parse("64").is_err());
         assert!(ShardSet::parse("x").is_err());
         assert_eq!(ShardSet::All.resolve(3).unwrap(), [0, 1, 2]);
     }

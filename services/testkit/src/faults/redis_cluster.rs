@@ -602,8 +602,12 @@ mod tests {
         let () = con.set(key, "before the failover").await.expect("SET");
         // `appendfsync everysec`: the process dying loses nothing written,
         // but the replica must have the write before its primary dies.
+        // WAIT counts the replicas that have this connection's writes, so it
+        // goes on the SET's connection, to the key's primary (rowpipe's own
+        // routed WAIT, as the upload service sends it).
         let primary = cluster.primary_of(key).await.expect("primary");
-        let replicated: i64 = query(primary, redis::cmd("WAIT").arg(1).arg(2000))
+        let replicated = rowpipe_core::stream::Connection::Cluster(con.clone())
+            .wait(key, 1, Duration::from_secs(2))
             .await
             .expect("WAIT");
         assert_eq!(replicated, 1, "the replica acknowledged the write");

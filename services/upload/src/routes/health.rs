@@ -25,10 +25,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// `GET /readyz`: Redis and the database answer.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut redis = state.redis.clone();
-    let redis_ok = redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .is_ok();
+    let redis_ok = redis.ping().await.is_ok();
     let db_ok = state.store.ping().await.is_ok();
     let status = if redis_ok && db_ok {
         StatusCode::OK

@@ -44,5 +44,12 @@ async fn rows_no_replica_confirms_are_not_counted_and_the_upload_is_interrupted_
         status["counts"]["enqueued"], 0,
         "no unconfirmed row counts as enqueued: {status}"
     );
+    // Unconfirmed rows are asked about again, not written again: the
+    // stream holds each row once (no consumer runs here).
+    assert_eq!(
+        app.backlog().await.length,
+        10,
+        "a shortfall does not write the rows again"
+    );
     app.cleanup().await;
 }
