@@ -26,7 +26,7 @@ const TENANT: &str = "fuzz-tenant";
 struct Harness {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
-    redis: redis::aio::ConnectionManager,
+    redis: rowpipe_core::stream::Connection,
     stream: String,
     _dir: std::path::PathBuf,
 }
@@ -71,7 +71,8 @@ fn harness() -> &'static Harness {
                 .await
                 .expect("the fuzz database");
             store.migrate().await.expect("migrate");
-            let redis = rowpipe_core::stream::connect(&redis_url)
+            let redis = rowpipe_core::stream::RedisTarget::single(&redis_url)
+                .connect()
                 .await
                 .expect("Redis: set REDIS_URL or start redis-server");
             let (trigger, shutdown) = rowpipe_core::shutdown::channel();
