@@ -93,56 +93,16 @@ class MemoryPoller(threading.Thread):
 
 
 # ---------------------------------------------------------------- keys, slots, shards
-SLOTS = 16384
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from redis_slot import SLOTS, key_slot  # noqa: E402
 
 
-def crc16(data):
-    """CRC16-CCITT (XMODEM), Redis Cluster's key hash."""
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
-
-
-def key_slot(key):
-    """The hash slot of a key: of its hash tag (between the first `{` and the
-    next `}`, if not empty), else of the whole key."""
-    k = key.encode()
-    o = k.find(b"{")
-    if o >= 0:
-        c = k.find(b"}", o + 1)
-        if c > o + 1:
-            k = k[o + 1:c]
-    return crc16(k) % SLOTS
-
-
-def base36(n):
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = digits[n % 36]
-    while n >= 36:
-        n //= 36
-        out = digits[n % 36] + out
-    return out
-
-
-def shard_keys(stream, count):
-    """The keys of a stream of `count` shards, named as rowpipe names them
-    (services/core/src/stream/shards.rs): the stream itself for one shard,
-    else `<stream>:{<tag>}` for shard i, the tag the first `<i>-<base 36>`
-    whose slot lies in the i-th of `count` equal parts of the slots."""
-    if count <= 1:
-        return [stream]
-    keys = []
-    for i in range(count):
-        low, high = i * SLOTS // count, (i + 1) * SLOTS // count
-        n = 0
-        while not low <= key_slot(f"{i}-{base36(n)}") < high:
-            n += 1
-        keys.append(f"{stream}:{{{i}-{base36(n)}}}")
-    return keys
+def shard_keys(bins, env):
+    """The stream's shard keys as the programs name them: asked of the real
+    `rowpipe shards` (the rule lives once, in services/core/src/stream/shards.rs)."""
+    out = subprocess.run([os.path.join(bins, "rowpipe"), "shards"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return [line.split("\t")[1] for line in out.splitlines() if line.strip()]
 
 
 def glob_escape(text):
@@ -560,7 +520,7 @@ class Pipeline:
                         ROWPIPE_STREAM_SHARDS=str(shards),
                         ROWPIPE_STREAM=f"rowpipe:bench:{tag}", ROWPIPE_AUTH_DISABLED="true",
                         ROWPIPE_LISTEN=f"127.0.0.1:{self.port}", RUST_LOG="warn")
-        self.stream_keys = shard_keys(self.env["ROWPIPE_STREAM"], shards)
+        self.stream_keys = shard_keys(bins, self.env)
         for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             self.env.pop(k, None)
         self.env.update(extra_env or {})

@@ -475,28 +475,8 @@ def check_keda_validator_strict(chart, crds):
 # sharded streams, computed here from the chart's table independently of the templates
 
 
-SLOTS = 16384
-
-
-def crc16_xmodem(data: bytes) -> int:
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def hash_slot(key: str) -> int:
-    """Redis Cluster's slot of a key: CRC16 of its hash tag (first {...}, if not empty)."""
-    raw = key.encode()
-    start = raw.find(b"{")
-    if start >= 0:
-        end = raw.find(b"}", start + 1)
-        if end > start + 1:
-            raw = raw[start + 1:end]
-    return crc16_xmodem(raw) % SLOTS
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from redis_slot import SLOTS, key_slot as hash_slot  # noqa: E402
 
 
 def shard_tags(chart):
