@@ -92,6 +92,92 @@ class MemoryPoller(threading.Thread):
             time.sleep(0.05)
 
 
+def command_stats(target):
+    """{command: (calls, µs)} from INFO commandstats, summed over the
+    primaries (counters since the server started: take differences)."""
+    out = {}
+    for url in as_target(target).primaries():
+        for m in re.finditer(r"^cmdstat_([^:]+):calls=(\d+),usec=(\d+)", Redis(url).cmd("INFO", "commandstats"), re.M):
+            calls, usec = out.get(m.group(1), (0, 0))
+            out[m.group(1)] = (calls + int(m.group(2)), usec + int(m.group(3)))
+    return out
+
+
+# ---------------------------------------------------------------- CPU by process
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid, children=False):
+    """CPU seconds (user + system) of a live process, from /proc/<pid>/stat;
+    with `children`, also of the children it has reaped. None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICK
+
+
+def postgres_cpu():
+    """CPU seconds of the local PostgreSQL server, or None when none runs
+    here: its live processes plus what the postmaster reaped from backends
+    that ended (cutime/cstime), so connections that closed still count."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        name = data[data.find("(") + 1:data.rfind(")")]
+        if name.startswith("postgres"):
+            procs[int(d)] = int(data.rsplit(")", 1)[1].split()[1])
+    if not procs:
+        return None
+    total = 0.0
+    for pid, ppid in procs.items():
+        secs = proc_cpu(pid, children=ppid not in procs)
+        total += secs or 0.0
+    return total
+
+
+def machine_cpu():
+    """(busy, idle) CPU seconds of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / TICK, idle / TICK
+
+
+def cpu_now(pids=None):
+    """A snapshot for `cpu_spent`: PostgreSQL, this driver's clients, the
+    machine, and each of `pids` ({role: [pid, …]})."""
+    busy, idle = machine_cpu()
+    snap = {"PostgreSQL": postgres_cpu(), "clients (psql, mariadb)": client_cpu(), "busy": busy, "idle": idle}
+    for role, ps in (pids or {}).items():
+        secs = [proc_cpu(pid) for pid in ps]
+        snap[role] = None if None in secs else sum(secs)
+    return snap
+
+
+def cpu_spent(before, after):
+    """{role: CPU seconds between two snapshots}, leaving out what is unknown."""
+    return {k: after[k] - before[k] for k in after
+            if k in before and after[k] is not None and before[k] is not None}
+
+
+def client_cpu():
+    """CPU seconds of this driver's waited-for children (psql, mariadb)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 # ---------------------------------------------------------------- keys, slots, shards
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from redis_slot import SLOTS, key_slot  # noqa: E402
@@ -436,6 +522,7 @@ class Db:
                          "CREATE TABLE ref_contacts (email VARCHAR(320) PRIMARY KEY, name TEXT, line BIGINT);")
             self.settle()
             t0 = time.perf_counter()
+            self.cpu0 = cpu_now()
             cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url,
                    "-c", f"\\copy ref_staging(name, email) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)",
                    "-c", "INSERT INTO ref_contacts SELECT DISTINCT ON (lower(email)) lower(email), name, line "
@@ -446,6 +533,7 @@ class Db:
             self.sql("CREATE TABLE ref_staging (line BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT, email VARCHAR(400)) ENGINE=InnoDB;"
                      "CREATE TABLE ref_contacts (email VARCHAR(320) COLLATE utf8mb4_bin PRIMARY KEY, name TEXT, line BIGINT) ENGINE=InnoDB")
             t0 = time.perf_counter()
+            self.cpu0 = cpu_now()
             self.sql(f"LOAD DATA LOCAL INFILE '{csv_path}' IGNORE INTO TABLE ref_staging CHARACTER SET utf8mb4 "
                      "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' LINES TERMINATED BY '\\n' IGNORE 1 LINES (name, email);"
                      "INSERT IGNORE INTO ref_contacts SELECT lower(email), name, line FROM ref_staging "
@@ -459,6 +547,7 @@ class Db:
             con.execute("CREATE TABLE ref_contacts (email TEXT PRIMARY KEY, name TEXT, line INTEGER)")
             con.commit()
             t0 = time.perf_counter()
+            self.cpu0 = cpu_now({"bench driver (sqlite3)": [os.getpid()]})
             with open(csv_path, newline="", encoding="utf-8") as f:
                 r = csv.reader(f)
                 next(r)
@@ -476,7 +565,9 @@ class Db:
                 con.executemany("INSERT OR IGNORE INTO ref_contacts VALUES (?,?,?)", batch)
                 con.commit()
             con.close()
-        return time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        self.cpu = cpu_spent(self.cpu0, cpu_now({"bench driver (sqlite3)": [os.getpid()]} if self.kind == "sqlite" else None))
+        return secs
 
     def reference_outcome(self):
         total = int(self.sql("SELECT COUNT(*) FROM ref_staging"))
@@ -592,6 +683,7 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
         if ref:
             secs = db.reference(csv_path)
             result["ref_secs"] = secs
+            result["ref_cpu"] = db.cpu
             result["ref_outcome"] = db.reference_outcome()
         db.settle()
         mem = MemoryPoller(args.target)
@@ -601,12 +693,19 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
         try:
             size = os.path.getsize(csv_path)
             cpu0 = args.target.cpu()
+            pids = {"rowpipe-upload": [pipe.upload.pid], "rowpipe-consumer": [c.pid for c in pipe.consumers]}
+            procs0 = cpu_now(pids)
+            cmds0 = command_stats(args.target)
             wall0 = time.time()
             t0 = time.perf_counter()
             body = pipe.post(file_chunks(csv_path), size)
             t_upload = time.perf_counter() - t0
             status = pipe.wait(body["upload_id"])
             cpu1 = args.target.cpu()
+            result["cpu"] = cpu_spent(procs0, cpu_now(pids))
+            cmds1 = command_stats(args.target)
+            result["commands"] = {c: (v[0] - cmds0.get(c, (0, 0))[0], v[1] - cmds0.get(c, (0, 0))[1])
+                                  for c, v in cmds1.items() if v[0] > cmds0.get(c, (0, 0))[0]}
             # The server records when the last row was committed; polling
             # granularity does not enter the figure.
             t_total = (status["completed_at_ms"] / 1000.0) - wall0
@@ -827,6 +926,8 @@ def main():
         per = redis_cpu_per_row(r)
         nodes = ", ".join(f"{n}{' ' + roles[n] if roles.get(n) else ''} {us:.1f}" for n, us in per.items() if n != "total")
         print(f"  {r['label']}: {nodes}; total {per['total']:.1f}")
+    print_cpu_by_process(args, results + ([traced] if traced else []))
+    print_command_stats(results + ([traced] if traced else []))
     default2 = next((r for r in results if len(r["rss_consumers"]) == 2), results[0])
     rate2 = default2["status"]["counts"]["read"] / default2["secs"]
     naive_rate = naive["status"]["counts"]["read"] / naive["secs"]
@@ -861,6 +962,43 @@ def main():
     ok &= peak <= bound + margin
     print(f"bench: {1 if ok else 0} passed, {0 if ok else 1} failed")
     return 0 if ok else 1
+
+
+def print_cpu_by_process(args, runs):
+    """CPU per row by process over each timed phase (µs/row), from /proc:
+    where the time goes, next to the reference's own."""
+    print("\nCPU per row by process (µs/row, user + system over the timed phase, /proc; "
+          "\"other\" is the rest of the machine's busy time, the kernel's share and this driver included):")
+    print("| run | rowpipe-upload | rowpipe-consumer (all) | PostgreSQL | Redis | clients | other | total busy | idle % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(label, cpu, n, redis=None):
+        us = lambda secs: f"{secs * 1e6 / n:.2f}" if secs is not None else ""
+        named = ["rowpipe-upload", "rowpipe-consumer", "PostgreSQL"]
+        known = sum(cpu.get(k, 0.0) for k in named) + (redis or 0.0) + cpu.get("clients (psql, mariadb)", 0.0) \
+            + cpu.get("bench driver (sqlite3)", 0.0)
+        busy, idle = cpu.get("busy", 0.0), cpu.get("idle", 0.0)
+        idle_pct = 100 * idle / (busy + idle) if busy + idle else 0.0
+        clients = cpu.get("clients (psql, mariadb)", 0.0) + cpu.get("bench driver (sqlite3)", 0.0)
+        print(f"| {label} | {us(cpu.get('rowpipe-upload'))} | {us(cpu.get('rowpipe-consumer'))} | {us(cpu.get('PostgreSQL'))} "
+              f"| {us(redis)} | {us(clients) if clients else ''} | {us(max(busy - known, 0.0))} | {us(busy)} | {idle_pct:.0f} |")
+
+    for r in runs:
+        if "ref_cpu" in r:
+            row("reference, paired with the next row", r["ref_cpu"], args.rows)
+        if "cpu" in r:
+            row(r["label"], r["cpu"], max(r["status"]["counts"]["read"], 1), sum(r["redis_cpu"].values()))
+
+
+def print_command_stats(runs):
+    """Redis's own time per command over each timed phase (INFO commandstats;
+    a shared server's figures include its other clients)."""
+    print("\nRedis commands over the timed phase (INFO commandstats: calls, µs per row read, µs per call):")
+    for r in runs:
+        n = max(r["status"]["counts"]["read"], 1)
+        top = sorted(r.get("commands", {}).items(), key=lambda kv: -kv[1][1])[:8]
+        print(f"  {r['label']}: " + "; ".join(f"{c} {calls:,} calls, {us / n:.2f} µs/row, {us / calls:.0f} µs/call"
+                                            for c, (calls, us) in top))
 
 
 def redis_cpu_per_row(r):
