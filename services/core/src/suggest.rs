@@ -99,7 +99,7 @@ fn correct_tld(domain: &str) -> Option<String> {
     let near: Vec<&str> = COMMON_TLDS
         .iter()
         .copied()
-        .filter(|t| edit_distance(tld, t) <= 1)
+        .filter(|t| edit_distance_within(tld, t, 1) <= 1)
         .collect();
     match near.as_slice() {
         [only] => Some(format!("{rest}.{only}")),
@@ -117,7 +117,7 @@ fn nearest_common(domain: &str) -> Option<&'static str> {
         if domain.len().abs_diff(common.len()) > max_distance(common) {
             continue;
         }
-        let d = edit_distance(domain, common);
+        let d = edit_distance_within(domain, common, max_distance(common));
         if d > max_distance(common) {
             continue;
         }
@@ -135,13 +135,47 @@ fn nearest_common(domain: &str) -> Option<&'static str> {
 
 /// Damerau-Levenshtein distance (optimal string alignment) over characters.
 pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
+    edit_distance_within(a, b, usize::MAX)
+}
+
+/// [`edit_distance`] when it is at most `bound`, else some value above
+/// `bound`. Every rejected row is compared with every common domain, so
+/// the work stops as soon as the bound is out of reach, and ASCII text
+/// (every domain, once IDNA has run) is compared byte by byte without
+/// collecting characters.
+fn edit_distance_within(a: &str, b: &str, bound: usize) -> usize {
+    if a.is_ascii() && b.is_ascii() {
+        osa_distance(a.as_bytes(), b.as_bytes(), bound)
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        osa_distance(&a, &b, bound)
+    }
+}
+
+fn osa_distance<T: PartialEq>(a: &[T], b: &[T], bound: usize) -> usize {
+    let over = bound.saturating_add(1);
+    if a.len().abs_diff(b.len()) > bound {
+        return over;
+    }
+    // Three rows: the one before the previous is needed for a swap. Domains
+    // fit the stack buffer.
+    const STACK: usize = 64;
     let width = b.len() + 1;
-    // Three rows: the one before the previous is needed for a swap.
-    let mut before: Vec<usize> = vec![0; width];
-    let mut previous: Vec<usize> = (0..width).collect();
-    let mut current: Vec<usize> = vec![0; width];
+    let mut on_stack = [0usize; 3 * STACK];
+    let mut on_heap = Vec::new();
+    let rows: &mut [usize] = if width <= STACK {
+        &mut on_stack[..3 * width]
+    } else {
+        on_heap.resize(3 * width, 0);
+        &mut on_heap
+    };
+    let (mut before, rest) = rows.split_at_mut(width);
+    let (mut previous, mut current) = rest.split_at_mut(width);
+    for (j, v) in previous.iter_mut().enumerate() {
+        *v = j;
+    }
+    let mut previous_min = 0;
     for i in 1..=a.len() {
         current[0] = i;
         for j in 1..=b.len() {
@@ -154,6 +188,13 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
             }
             current[j] = d;
         }
+        // Every later cell comes from this row or the one before it, each
+        // step adding 0 or more: once both are past the bound, so is the end.
+        let current_min = current.iter().copied().min().unwrap_or(0);
+        if current_min > bound && previous_min > bound {
+            return over;
+        }
+        previous_min = current_min;
         std::mem::swap(&mut before, &mut previous);
         std::mem::swap(&mut previous, &mut current);
     }
@@ -190,6 +231,43 @@ pub fn suggestion_in(message: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_edit_distance_is_exact_within_its_bound_and_above_it_otherwise() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "ba",
+            "abc",
+            "gmail.com",
+            "gmial.com",
+            "gmail.co",
+            "gnail.cmo",
+            "hotmail.com",
+            "hotmai.co",
+            "yahoo.com",
+            "yahooo.com",
+            "outlook.com",
+            "zürich.ch",
+            "zurich.ch",
+            "ca",
+            "abcdefghij",
+        ];
+        for a in words {
+            for b in words {
+                let exact = edit_distance(a, b);
+                for bound in 0..5 {
+                    let d = edit_distance_within(a, b, bound);
+                    if exact <= bound {
+                        assert_eq!(d, exact, "{a:?} {b:?} within {bound}");
+                    } else {
+                        assert!(d > bound, "{a:?} {b:?} within {bound}: {d}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn edit_distance_counts_a_swap_as_one_edit() {
