@@ -81,23 +81,35 @@ impl QuoteWatch {
     /// the quote is taken as unterminated there.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
         let ends_field = |b: u8| b == self.delimiter || b == b'\n' || b == b'\r';
-        for (i, &b) in bytes.iter().enumerate() {
-            match self.state {
-                State::FieldStart if b == b'"' => {
-                    self.state = State::Quoted;
-                    self.quoted_bytes = 0;
-                    self.past_line_end = false;
-                    self.replay.clear();
-                    continue;
-                }
-                State::FieldStart | State::Unquoted => {
-                    self.state = if ends_field(b) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if matches!(self.state, State::FieldStart | State::Unquoted) {
+                // Outside a quoted field only a quote matters, and only at
+                // a field's start: skip to the next quote at once (most
+                // files have none), the state set by the byte before it.
+                let next = memchr::memchr(b'"', &bytes[i..]).map_or(bytes.len(), |k| i + k);
+                if next > i {
+                    self.state = if ends_field(bytes[next - 1]) {
                         State::FieldStart
                     } else {
                         State::Unquoted
                     };
-                    continue;
                 }
+                if next == bytes.len() {
+                    return None;
+                }
+                if self.state == State::FieldStart {
+                    self.state = State::Quoted;
+                    self.quoted_bytes = 0;
+                    self.past_line_end = false;
+                    self.replay.clear();
+                }
+                i = next + 1;
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            match self.state {
                 State::QuoteInQuoted if b != b'"' => {
                     self.state = if ends_field(b) {
                         State::FieldStart
@@ -110,7 +122,7 @@ impl QuoteWatch {
                 }
                 State::QuoteInQuoted => self.state = State::Quoted,
                 State::Quoted if b == b'"' => self.state = State::QuoteInQuoted,
-                State::Quoted => {}
+                State::Quoted | State::FieldStart | State::Unquoted => {}
             }
             // Inside the quoted field (its closing quote not yet known).
             self.quoted_bytes += 1;
@@ -120,7 +132,7 @@ impl QuoteWatch {
                 self.past_line_end = true;
             }
             if self.past_line_end && self.quoted_bytes > self.limit {
-                return Some(i + 1);
+                return Some(i);
             }
         }
         None
@@ -130,6 +142,93 @@ impl QuoteWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watch one byte at a time, as it was before the quote skip: the
+    /// oracle the fast path is held to.
+    fn feed_bytewise(w: &mut QuoteWatch, bytes: &[u8]) -> Option<usize> {
+        let ends_field = |b: u8| b == w.delimiter || b == b'\n' || b == b'\r';
+        for (i, &b) in bytes.iter().enumerate() {
+            match w.state {
+                State::FieldStart if b == b'"' => {
+                    w.state = State::Quoted;
+                    w.quoted_bytes = 0;
+                    w.past_line_end = false;
+                    w.replay.clear();
+                    continue;
+                }
+                State::FieldStart | State::Unquoted => {
+                    w.state = if ends_field(b) {
+                        State::FieldStart
+                    } else {
+                        State::Unquoted
+                    };
+                    continue;
+                }
+                State::QuoteInQuoted if b != b'"' => {
+                    w.state = if ends_field(b) {
+                        State::FieldStart
+                    } else {
+                        State::Unquoted
+                    };
+                    w.past_line_end = false;
+                    w.replay.clear();
+                    continue;
+                }
+                State::QuoteInQuoted => w.state = State::Quoted,
+                State::Quoted if b == b'"' => w.state = State::QuoteInQuoted,
+                State::Quoted => {}
+            }
+            w.quoted_bytes += 1;
+            if w.past_line_end {
+                w.replay.push(b);
+            } else if b == b'\n' || b == b'\r' {
+                w.past_line_end = true;
+            }
+            if w.past_line_end && w.quoted_bytes > w.limit {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn skipping_to_the_next_quote_follows_the_same_states_as_every_byte() {
+        // A small deterministic generator: quotes, delimiters, line ends
+        // and letters in every order, fed in chunks of every size.
+        let alphabet = b"\"\",;\n\rab";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for case in 0..3000 {
+            let len = (case % 40) + 1;
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let chunk = (case % 7) + 1;
+            let mut fast = QuoteWatch::new(b',', 5);
+            let mut slow = QuoteWatch::new(b',', 5);
+            for part in text.chunks(chunk) {
+                let (f, s) = (fast.feed(part), feed_bytewise(&mut slow, part));
+                assert_eq!(
+                    f,
+                    s,
+                    "{:?} in chunks of {chunk}",
+                    String::from_utf8_lossy(&text)
+                );
+                assert_eq!(fast.state, slow.state);
+                assert_eq!(fast.quoted_bytes, slow.quoted_bytes);
+                assert_eq!(fast.past_line_end, slow.past_line_end);
+                assert_eq!(fast.replay, slow.replay);
+                if f.is_some() {
+                    fast.reset();
+                    slow.reset();
+                }
+            }
+        }
+    }
 
     #[test]
     fn closed_and_escaped_quotes_end_inside_no_field() {
