@@ -418,10 +418,17 @@ impl ShardWriter {
             rowpipe.row_number_start = first,
             rowpipe.row_number_end = last,
         );
+        // The trace context goes on the pipeline's first entry only: the
+        // consumer links its batch once per producer context it meets, and
+        // a row is found by its upload id and row range, which both spans
+        // carry (docs/runbook.md). On every entry, 55 bytes of
+        // `traceparent` per row were most of tracing's cost in Redis
+        // memory and CPU (docs/performance.md).
         let trace = rowpipe_core::telemetry::inject(&span);
         let mut pipe = redis::pipe();
-        for entry in batch.iter() {
-            pipe.xadd(&self.stream, "*", &entry.to_fields_traced(&trace));
+        for (i, entry) in batch.iter().enumerate() {
+            let trace: &[(String, String)] = if i == 0 { &trace } else { &[] };
+            pipe.xadd(&self.stream, "*", &entry.to_fields_traced(trace));
         }
         let (wanted, timeout) = (self.config.wait_replicas, self.config.wait_timeout);
         if wanted > 0 {

@@ -187,7 +187,9 @@ impl Worker {
                 ));
                 continue;
             };
-            // One link per producer batch: its entries share a traceparent.
+            // One link per producer batch: rowpipe's upload puts its
+            // context on the batch's first entry only; a foreign producer's
+            // entries may each carry one, and equal ones link once.
             if let Some(tp) = entry.trace.iter().find(|(k, _)| k == "traceparent")
                 && !linked.contains(&tp.1)
                 && linked.insert(tp.1.clone())

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `upload_id` | the upload the row belongs to |
 //! | `row_number` | 1-based data-row number in the file, header excluded |
-//! | `traceparent`, `tracestate` | W3C trace context of the producer span |
+//! | `traceparent`, `tracestate` | W3C trace context of the producer span; rowpipe's upload sets them on the first entry of each `XADD` pipeline only |
 //! | `email`, `name` | the detected email and name columns, as written |
 //! | any other header | the row's other columns, by header name |
 //! | `reject`, `reject_detail`, `raw` | set instead of columns when the CSV layer already rejected the row (`raw` is a JSON array of the fields as written) |
