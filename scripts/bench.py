@@ -566,6 +566,9 @@ class Db:
                 con.commit()
             con.close()
         secs = time.perf_counter() - t0
+        # The reference's backend has exited; give the postmaster a moment to
+        # reap it, so its CPU shows in the postmaster's cutime.
+        time.sleep(0.3)
         self.cpu = cpu_spent(self.cpu0, cpu_now({"bench driver (sqlite3)": [os.getpid()]} if self.kind == "sqlite" else None))
         return secs
 
