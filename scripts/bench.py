@@ -103,6 +103,16 @@ def command_stats(target):
     return out
 
 
+def command_stats_spent(before, after):
+    """{command: (calls, µs)} between two `command_stats`, commands called since."""
+    spent = {}
+    for cmd, (calls, usec) in after.items():
+        calls0, usec0 = before.get(cmd, (0, 0))
+        if calls > calls0:
+            spent[cmd] = (calls - calls0, usec - usec0)
+    return spent
+
+
 # ---------------------------------------------------------------- CPU by process
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -121,19 +131,19 @@ def proc_cpu(pid, children=False):
     return ticks / TICK
 
 
-# The server processes of the database under test (set from --db in main):
-# only its CPU is counted, not that of another server idling on the machine.
-DB_SERVERS = ("postgres",)
+# The server processes of each database kind: only the one under test is
+# counted, not another server idling on the same machine.
 SERVER_PROCESSES = {"postgres": ("postgres",), "mysql": ("mariadbd", "mysqld"), "sqlite": ()}
 
 
-def db_server_cpu():
-    """CPU seconds of the local database servers (PostgreSQL, MariaDB,
-    MySQL), or None when none runs here: their live processes plus what a
-    parent (the postmaster) reaped from children that ended (cutime/cstime),
-    so PostgreSQL backends whose connection closed still count."""
+def db_server_cpu(kind):
+    """CPU seconds of the local server of database `kind`, or None when none
+    runs here (SQLite has none): its live processes plus what a parent (the
+    postmaster) reaped from children that ended (cutime/cstime), so
+    PostgreSQL backends whose connection closed still count."""
+    names = SERVER_PROCESSES[kind]
     procs = {}
-    if not DB_SERVERS:
+    if not names:
         return None
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -144,7 +154,7 @@ def db_server_cpu():
         except OSError:
             continue
         name = data[data.find("(") + 1:data.rfind(")")]
-        if name.startswith(DB_SERVERS):
+        if name.startswith(names):
             procs[int(d)] = int(data.rsplit(")", 1)[1].split()[1])
     if not procs:
         return None
@@ -163,11 +173,11 @@ def machine_cpu():
     return (sum(v[:8]) - idle) / TICK, idle / TICK
 
 
-def cpu_now(pids=None):
-    """A snapshot for `cpu_spent`: the database server, this driver's clients, the
-    machine, and each of `pids` ({role: [pid, …]})."""
+def cpu_now(kind, pids=None):
+    """A snapshot for `cpu_spent`: the server of database `kind`, this
+    driver's clients, the machine, and each of `pids` ({role: [pid, …]})."""
     busy, idle = machine_cpu()
-    snap = {"database server": db_server_cpu(), "clients (psql, mariadb)": client_cpu(), "busy": busy, "idle": idle}
+    snap = {"database server": db_server_cpu(kind), "clients (psql, mariadb)": client_cpu(), "busy": busy, "idle": idle}
     for role, ps in (pids or {}).items():
         secs = [proc_cpu(pid) for pid in ps]
         snap[role] = None if None in secs else sum(secs)
@@ -355,13 +365,7 @@ class OwnCluster:
 
     def cpu(self):
         """{node: CPU seconds (user + system)} from /proc/<pid>/stat."""
-        tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for port, p in self.procs.items():
-            with open(f"/proc/{p.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[f"127.0.0.1:{port}"] = (int(fields[11]) + int(fields[12])) / tick
-        return out
+        return {f"127.0.0.1:{port}": proc_cpu(p.pid) or 0.0 for port, p in self.procs.items()}
 
     def cpu_source(self):
         return "/proc/<pid>/stat of each node of the bench's own cluster"
@@ -531,7 +535,7 @@ class Db:
                          "CREATE TABLE ref_contacts (email VARCHAR(320) PRIMARY KEY, name TEXT, line BIGINT);")
             self.settle()
             t0 = time.perf_counter()
-            self.cpu0 = cpu_now()
+            self.cpu0 = cpu_now(self.kind)
             cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url,
                    "-c", f"\\copy ref_staging(name, email) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)",
                    "-c", "INSERT INTO ref_contacts SELECT DISTINCT ON (lower(email)) lower(email), name, line "
@@ -542,7 +546,7 @@ class Db:
             self.sql("CREATE TABLE ref_staging (line BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT, email VARCHAR(400)) ENGINE=InnoDB;"
                      "CREATE TABLE ref_contacts (email VARCHAR(320) COLLATE utf8mb4_bin PRIMARY KEY, name TEXT, line BIGINT) ENGINE=InnoDB")
             t0 = time.perf_counter()
-            self.cpu0 = cpu_now()
+            self.cpu0 = cpu_now(self.kind)
             self.sql(f"LOAD DATA LOCAL INFILE '{csv_path}' IGNORE INTO TABLE ref_staging CHARACTER SET utf8mb4 "
                      "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' LINES TERMINATED BY '\\n' IGNORE 1 LINES (name, email);"
                      "INSERT IGNORE INTO ref_contacts SELECT lower(email), name, line FROM ref_staging "
@@ -556,7 +560,7 @@ class Db:
             con.execute("CREATE TABLE ref_contacts (email TEXT PRIMARY KEY, name TEXT, line INTEGER)")
             con.commit()
             t0 = time.perf_counter()
-            self.cpu0 = cpu_now({"bench driver (sqlite3)": [os.getpid()]})
+            self.cpu0 = cpu_now(self.kind, self.driver_pids())
             with open(csv_path, newline="", encoding="utf-8") as f:
                 r = csv.reader(f)
                 next(r)
@@ -578,8 +582,13 @@ class Db:
         # The reference's backend has exited; give the postmaster a moment to
         # reap it, so its CPU shows in the postmaster's cutime.
         time.sleep(0.3)
-        self.cpu = cpu_spent(self.cpu0, cpu_now({"bench driver (sqlite3)": [os.getpid()]} if self.kind == "sqlite" else None))
+        self.cpu = cpu_spent(self.cpu0, cpu_now(self.kind, self.driver_pids()))
         return secs
+
+    def driver_pids(self):
+        """Processes of the reference besides the server and its clients:
+        this driver itself, which runs SQLite's reference in-process."""
+        return {"bench driver (sqlite3)": [os.getpid()]} if self.kind == "sqlite" else None
 
     def reference_outcome(self):
         total = int(self.sql("SELECT COUNT(*) FROM ref_staging"))
@@ -706,7 +715,7 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             size = os.path.getsize(csv_path)
             cpu0 = args.target.cpu()
             pids = {"rowpipe-upload": [pipe.upload.pid], "rowpipe-consumer": [c.pid for c in pipe.consumers]}
-            procs0 = cpu_now(pids)
+            procs0 = cpu_now(kind, pids)
             cmds0 = command_stats(args.target)
             wall0 = time.time()
             t0 = time.perf_counter()
@@ -714,10 +723,8 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             t_upload = time.perf_counter() - t0
             status = pipe.wait(body["upload_id"])
             cpu1 = args.target.cpu()
-            result["cpu"] = cpu_spent(procs0, cpu_now(pids))
-            cmds1 = command_stats(args.target)
-            result["commands"] = {c: (v[0] - cmds0.get(c, (0, 0))[0], v[1] - cmds0.get(c, (0, 0))[1])
-                                  for c, v in cmds1.items() if v[0] > cmds0.get(c, (0, 0))[0]}
+            result["cpu"] = cpu_spent(procs0, cpu_now(kind, pids))
+            result["commands"] = command_stats_spent(cmds0, command_stats(args.target))
             # The server records when the last row was committed; polling
             # granularity does not enter the figure.
             t_total = (status["completed_at_ms"] / 1000.0) - wall0
@@ -856,8 +863,6 @@ def main():
     ap.add_argument("--shards", type=int, default=1,
                     help="ROWPIPE_STREAM_SHARDS for every program: the stream as this many keys (1 to 64)")
     args = ap.parse_args()
-    global DB_SERVERS
-    DB_SERVERS = SERVER_PROCESSES[args.db]
     if not 1 <= args.shards <= 64:
         ap.error("--shards must be 1 to 64")
     # A SIGTERM ends the bench through atexit too, so its own cluster stops.
@@ -988,12 +993,11 @@ def print_cpu_by_process(args, runs):
 
     def row(label, cpu, n, redis=None):
         us = lambda secs: f"{secs * 1e6 / n:.2f}" if secs is not None else ""
+        clients = cpu.get("clients (psql, mariadb)", 0.0) + cpu.get("bench driver (sqlite3)", 0.0)
         named = ["rowpipe-upload", "rowpipe-consumer", "database server"]
-        known = sum(cpu.get(k, 0.0) for k in named) + (redis or 0.0) + cpu.get("clients (psql, mariadb)", 0.0) \
-            + cpu.get("bench driver (sqlite3)", 0.0)
+        known = sum(cpu.get(k, 0.0) for k in named) + (redis or 0.0) + clients
         busy, idle = cpu.get("busy", 0.0), cpu.get("idle", 0.0)
         idle_pct = 100 * idle / (busy + idle) if busy + idle else 0.0
-        clients = cpu.get("clients (psql, mariadb)", 0.0) + cpu.get("bench driver (sqlite3)", 0.0)
         print(f"| {label} | {us(cpu.get('rowpipe-upload'))} | {us(cpu.get('rowpipe-consumer'))} | {us(cpu.get('database server'))} "
               f"| {us(redis)} | {us(clients) if clients else ''} | {us(max(busy - known, 0.0))} | {us(busy)} | {idle_pct:.0f} |")
 
