@@ -12,6 +12,24 @@ use rowpipe_testkit::{Backend, TestDb};
 
 use crate::fixtures::{accepted, new_upload, rejected};
 
+/// Which statements the store sends: the server's own (on MariaDB, a
+/// contacts insert that returns who holds each email), or on MariaDB
+/// MySQL's, which lock every email to learn it: the path a MySQL server
+/// takes, covered here.
+#[derive(Clone, Copy, Debug)]
+enum Statements {
+    Servers,
+    MySqls,
+}
+
+async fn open(db: &TestDb, statements: Statements) -> Store {
+    let store = db.store().await;
+    match statements {
+        Statements::Servers => store,
+        Statements::MySqls => store.without_insert_returning(),
+    }
+}
+
 fn valid(upload: &str, seq: i64, row: i64, email: &str) -> JudgedRow {
     accepted(upload, seq, row, email, Some(format!("row {row}")))
 }
@@ -51,8 +69,16 @@ async fn duplicates(store: &Store, id: &str) -> Vec<i64> {
 }
 
 async fn redelivered_batches_change_neither_the_table_nor_the_counts(backend: Backend) {
+    redelivered_batches_change_neither_the_table_nor_the_counts_with(backend, Statements::Servers)
+        .await
+}
+
+async fn redelivered_batches_change_neither_the_table_nor_the_counts_with(
+    backend: Backend,
+    statements: Statements,
+) {
     let db = TestDb::create(backend).await.expect("test database");
-    let store = db.store().await;
+    let store = open(&db, statements).await;
     let a_seq = new_upload(&store, "a").await;
     let b_seq = new_upload(&store, "b").await;
 
@@ -230,12 +256,17 @@ async fn footprint(store: &Store, uploads: &[&str]) -> String {
 /// still works on it: both store the same rows at the same moment. The
 /// result must be what storing them once gives, with no error for either.
 async fn the_same_rows_stored_by_several_consumers_at_once_count_once(backend: Backend) {
+    the_same_rows_stored_at_once_count_once(backend, [Statements::Servers; 4]).await
+}
+
+/// The same, each consumer sending the statements given for it.
+async fn the_same_rows_stored_at_once_count_once(backend: Backend, consumers: [Statements; 4]) {
     const CONSUMERS: usize = 4;
     let db = TestDb::create(backend).await.expect("test database");
     let once_db = TestDb::create(backend).await.expect("reference database");
     let mut stores = Vec::new();
-    for _ in 0..CONSUMERS {
-        stores.push(db.store().await);
+    for statements in consumers {
+        stores.push(open(&db, statements).await);
     }
     let once = once_db.store().await;
     let mut seqs = Vec::new();
@@ -307,3 +338,93 @@ async fn the_same_rows_stored_by_several_consumers_at_once_count_once(backend: B
     once_db.drop_db().await;
 }
 rowpipe_testkit::on_databases!(the_same_rows_stored_by_several_consumers_at_once_count_once: Sqlite, Postgres, MySql);
+
+/// A value too long for its column (strict mode) fails the batch as the
+/// rows' fault, so the worker stores the others and records that row as
+/// failed with the database's message; nothing of it is stored, on either
+/// statement path. (A contacts insert that `IGNORE`d errors to learn which
+/// rows it inserted would have stored it cut short.)
+async fn a_value_too_long_for_its_column_is_refused_not_cut_short(statements: Statements) {
+    let db = TestDb::create(Backend::MySql).await.expect("test database");
+    let setup = open(&db, Statements::MySqls).await;
+    let seq = new_upload(&setup, "u").await;
+    setup
+        .apply_batch(&[valid("u", seq, 1, "one@example.com")])
+        .await
+        .expect("row 1");
+    setup.close().await;
+
+    let store = open(&db, statements).await;
+    let outcome = store
+        .apply_batch(&[
+            valid("u", seq, 2, "ONE@example.com"),
+            valid("u", seq, 3, "three@example.com"),
+        ])
+        .await
+        .expect("a duplicate and a new row");
+    assert_eq!((outcome.accepted, outcome.inserted), (2, 1));
+    // `name` is a TEXT column: at most 65,535 bytes.
+    let long = accepted("u", seq, 5, "five@example.com", Some("n".repeat(70_000)));
+    let err = store
+        .apply_batch(&[valid("u", seq, 4, "one@example.com"), long.clone()])
+        .await
+        .expect_err("a name too long for its column");
+    assert_eq!(err.fault(), rowpipe_core::store::Fault::Row, "{err}");
+    let err = store
+        .apply_batch(std::slice::from_ref(&long))
+        .await
+        .expect_err("that row alone");
+    assert_eq!(err.fault(), rowpipe_core::store::Fault::Row, "{err}");
+    assert_eq!(
+        stored(&store).await,
+        vec![
+            ("one@example.com".to_string(), "u".to_string(), 1),
+            ("three@example.com".to_string(), "u".to_string(), 3),
+        ]
+    );
+    assert_eq!(counts(&store, "u").await, (3, 2, 0));
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_for_its_column_is_refused_not_cut_short_on_mysql() {
+    a_value_too_long_for_its_column_is_refused_not_cut_short(Statements::Servers).await;
+}
+
+/// MySQL's statements, on a MariaDB server: the path a MySQL server takes
+/// (every email of a batch locked to learn who holds it), and a rolling
+/// upgrade where consumers that predate `INSERT … RETURNING` and current
+/// ones store the same rows at once.
+mod on_mariadb_with_mysql_statements {
+    use super::Statements::{MySqls, Servers};
+    use rowpipe_testkit::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redelivered_batches_change_neither_the_table_nor_the_counts() {
+        super::redelivered_batches_change_neither_the_table_nor_the_counts_with(
+            Backend::MySql,
+            MySqls,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_rows_stored_by_several_consumers_at_once_count_once() {
+        super::the_same_rows_stored_at_once_count_once(Backend::MySql, [MySqls; 4]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_value_too_long_for_its_column_is_refused_not_cut_short() {
+        super::a_value_too_long_for_its_column_is_refused_not_cut_short(MySqls).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumers_of_both_kinds_storing_the_same_rows_count_them_once() {
+        super::the_same_rows_stored_at_once_count_once(
+            Backend::MySql,
+            [Servers, MySqls, MySqls, Servers],
+        )
+        .await;
+    }
+}

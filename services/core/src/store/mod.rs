@@ -64,6 +64,10 @@ pub struct Store {
     /// See [`Store::call`].
     call_deadline: Option<Duration>,
     sessions: Arc<SessionsValidSince>,
+    /// On MySQL's protocol: does the server have `INSERT … RETURNING`
+    /// (MariaDB 10.5 and later; MySQL has none)? Asked once, by the first
+    /// batch (see [`Store::insert_returning`]).
+    insert_returning: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 /// Which pooled connections are still worth using: those opened after the
@@ -100,6 +104,23 @@ impl SessionsValidSince {
         }
         let opened = self.epoch.elapsed().saturating_sub(age).as_millis() as u64;
         opened > since
+    }
+}
+
+/// Is this `VERSION()` a MariaDB of 10.5 or later, which has `INSERT …
+/// RETURNING`? MariaDB says `10.11.6-MariaDB-0+deb12u1`, or behind a
+/// proxy for old clients `5.5.5-10.11.6-MariaDB`; MySQL says `8.0.36`.
+fn mariadb_with_returning(version: &str) -> bool {
+    if !version.contains("MariaDB") {
+        return false;
+    }
+    let version = version.strip_prefix("5.5.5-").unwrap_or(version);
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (10, 5),
+        _ => false,
     }
 }
 
@@ -224,7 +245,51 @@ impl Store {
             dialect,
             call_deadline: config.call_deadline(),
             sessions,
+            insert_returning: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// Use MySQL's statements (no `INSERT … RETURNING`) on a MariaDB server
+    /// too: how tests on MariaDB cover the path a MySQL server takes.
+    pub fn without_insert_returning(self) -> Self {
+        Self {
+            insert_returning: Arc::new(tokio::sync::OnceCell::new_with(Some(false))),
+            ..self
+        }
+    }
+
+    /// Can a contacts insert say which rows it inserted? PostgreSQL and
+    /// SQLite always can. On MySQL's protocol the server is asked once
+    /// (`SELECT VERSION()`, on the caller's connection): MariaDB 10.5 and
+    /// later can, MySQL cannot.
+    pub(crate) async fn insert_returning(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<bool, StoreError> {
+        if self.dialect != Dialect::MySql {
+            return Ok(true);
+        }
+        let known = self
+            .insert_returning
+            .get_or_try_init(|| async {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let returning = mariadb_with_returning(&version);
+                tracing::info!(
+                    server_version = %version,
+                    insert_returning = returning,
+                    "MySQL-protocol server: {}",
+                    if returning {
+                        "contacts inserts say which rows they inserted (INSERT … RETURNING)"
+                    } else {
+                        "no INSERT … RETURNING; every stored email of a batch is locked to learn its holder"
+                    }
+                );
+                Ok::<_, StoreError>(returning)
+            })
+            .await?;
+        Ok(*known)
     }
 
     /// Run one call to the database within the deadline of
@@ -314,5 +379,33 @@ impl Store {
     /// Close the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mariadb_with_returning;
+
+    #[test]
+    fn only_mariadb_from_10_5_is_taken_to_have_insert_returning() {
+        for yes in [
+            "10.5.0-MariaDB",
+            "10.11.19-MariaDB-0+deb12u1",
+            "5.5.5-10.11.6-MariaDB-log",
+            "11.4.2-MariaDB-ubu2404",
+        ] {
+            assert!(mariadb_with_returning(yes), "{yes}");
+        }
+        for no in [
+            "10.4.34-MariaDB",
+            "5.5.5-10.3.39-MariaDB",
+            "8.0.36",
+            "8.4.0-commercial",
+            "5.7.44-log",
+            "MariaDB",
+            "",
+        ] {
+            assert!(!mariadb_with_returning(no), "{no}");
+        }
     }
 }

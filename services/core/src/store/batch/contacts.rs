@@ -16,13 +16,16 @@ impl Store {
     /// Insert candidates whose email is not stored yet. Returns the emails
     /// left for [`Store::lock_owners`]: those already stored where the
     /// dialect can say (RETURNING), and on MySQL, which cannot, all of them
-    /// (its own inserts are recognised there by who holds the email).
+    /// (its own inserts are recognised there by who holds the email). On
+    /// MariaDB (`returning`) it also returns who holds each of them, their
+    /// rows locked by the insert, so that step needs no statement.
     pub(super) async fn insert_new_contacts(
         &self,
         tx: &mut Tx,
         chunk: &[(&str, &JudgedRow)],
         now: i64,
-    ) -> Result<HashSet<String>, StoreError> {
+        returning: bool,
+    ) -> Result<(HashSet<String>, Option<HashMap<String, Owner>>), StoreError> {
         let dialect = self.dialect;
         let mut contested = HashSet::new();
         // Candidates are valid rows (see `apply_batch_once`, step 3).
@@ -83,30 +86,41 @@ impl Store {
                         .filter(|(e, _)| !inserted.contains(*e))
                         .map(|(e, _)| e.to_string()),
                 );
-                return Ok(contested);
+                return Ok((contested, None));
             }
             // Values the packed form cannot carry: the plain VALUES form below.
         }
-        let q = bind_rows(sql::insert_contacts(dialect, rows.len()), &rows);
+        let q = bind_rows(sql::insert_contacts(dialect, rows.len(), returning), &rows);
         if dialect == Dialect::MySql {
-            q.execute(&mut **tx).await?;
             contested.extend(chunk.iter().map(|(e, _)| e.to_string()));
-        } else {
-            let mut inserted = HashSet::new();
-            for row in q.fetch_all(&mut **tx).await? {
-                inserted.insert(row.try_get::<String, _>(0)?);
+            if !returning {
+                q.execute(&mut **tx).await?;
+                return Ok((contested, None));
             }
-            contested.extend(
-                chunk
-                    .iter()
-                    .filter(|(e, _)| !inserted.contains(*e))
-                    .map(|(e, _)| e.to_string()),
-            );
+            let mut owners = HashMap::with_capacity(rows.len());
+            for row in q.fetch_all(&mut **tx).await? {
+                owners.insert(
+                    row.try_get::<String, _>(0)?,
+                    (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+                );
+            }
+            return Ok((contested, Some(owners)));
         }
-        Ok(contested)
+        let mut inserted = HashSet::new();
+        for row in q.fetch_all(&mut **tx).await? {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+        contested.extend(
+            chunk
+                .iter()
+                .filter(|(e, _)| !inserted.contains(*e))
+                .map(|(e, _)| e.to_string()),
+        );
+        Ok((contested, None))
     }
 
-    /// Lock the stored rows of these emails (in email order) and say who holds each.
+    /// Lock the stored rows of these emails (in email order) and say who
+    /// holds each.
     pub(super) async fn lock_owners(
         &self,
         tx: &mut Tx,

@@ -25,7 +25,11 @@
 //! the email); duplicates and displaced winners go to `accepted_rows`,
 //! rejects to `rejected_rows`. MySQL cannot say which rows an
 //! `INSERT … ON DUPLICATE KEY UPDATE` inserted, so there `accepted_rows`
-//! holds the winners too. A second copy of a row processed at the same time
+//! holds the winners too, and step 2 locks every email of the batch to
+//! learn who holds it; MariaDB 10.5 and later return that from the insert
+//! itself (`RETURNING` after `ON DUPLICATE KEY UPDATE` returns every row as
+//! stored, each row locked), so there step 2 sends nothing. A second copy
+//! of a row processed at the same time
 //! by another consumer either waits on the email's index entry and then sees
 //! its twin as the holder, or collides on a ledger's primary key. A
 //! collision means the other copy has committed, so [`Store::apply_batch`]
@@ -165,6 +169,9 @@ impl Store {
             Some(begin) => self.pool.begin_with(begin).await?,
             None => self.pool.begin().await?,
         };
+        // MariaDB 10.5+: step 3a returns who holds each email (see
+        // `sql::mysql::insert_contacts_returning`), so 3b sends nothing.
+        let returning = self.insert_returning(&mut tx).await?;
 
         // 1. Which of these rows did an earlier delivery already record in a
         //    ledger? (Redelivered winners are recognised in step 3.)
@@ -261,13 +268,20 @@ impl Store {
         for chunk in candidates.chunks(CHUNK) {
             // 3a. Insert the emails nobody has yet (a concurrent insert of the
             //     same email is waited for, then left alone).
-            let contested = self.insert_new_contacts(&mut tx, chunk, now).await?;
+            let (contested, owners) = self
+                .insert_new_contacts(&mut tx, chunk, now, returning)
+                .await?;
             // 3b. The others exist: lock them, and let the earlier row win.
-            let to_lock: Vec<&(&str, &JudgedRow)> = chunk
-                .iter()
-                .filter(|(email, _)| contested.contains(*email))
-                .collect();
-            let owners = self.lock_owners(&mut tx, &to_lock).await?;
+            let owners = match owners {
+                Some(owners) => owners,
+                None => {
+                    let to_lock: Vec<&(&str, &JudgedRow)> = chunk
+                        .iter()
+                        .filter(|(email, _)| contested.contains(*email))
+                        .collect();
+                    self.lock_owners(&mut tx, &to_lock).await?
+                }
+            };
             for (email, r) in chunk {
                 let winner = if !contested.contains(*email) {
                     bump(&mut inserted, &r.upload_id, 1);

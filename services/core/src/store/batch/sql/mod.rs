@@ -5,7 +5,7 @@
 //!   [`PackedColumns`](super::encode::PackedColumns)) instead of a bind per
 //!   value.
 //! * [`mysql`]: `ON DUPLICATE KEY UPDATE` where the others say `ON
-//!   CONFLICT`, and no `RETURNING`.
+//!   CONFLICT`, and `RETURNING` only on MariaDB, where it returns every row.
 //! * [`sqlite`]: `BEGIN IMMEDIATE`, and no `FOR UPDATE`.
 //!
 //! The rest is written here once, in portable SQL that [`Dialect::sql`]
@@ -72,10 +72,15 @@ fn contact_columns(dialect: Dialect) -> String {
 /// each, in [`contact_columns`] order), each only if nobody has its email
 /// yet; a concurrent insert of the same email is waited for by the unique
 /// index, then left alone. PostgreSQL and SQLite return the emails they
-/// inserted; MySQL cannot ([`mysql::insert_contacts`]).
-pub(super) fn insert_contacts(dialect: Dialect, rows: usize) -> String {
+/// inserted. MySQL cannot ([`mysql::insert_contacts`]); MariaDB, with
+/// `returning`, returns who holds each email after the insert
+/// ([`mysql::insert_contacts_returning`]).
+pub(super) fn insert_contacts(dialect: Dialect, rows: usize, returning: bool) -> String {
     if dialect == Dialect::MySql {
-        return mysql::insert_contacts(rows);
+        return match returning {
+            true => mysql::insert_contacts_returning(rows),
+            false => mysql::insert_contacts(rows),
+        };
     }
     let mut sql = format!(
         "INSERT INTO contacts ({}) VALUES ",

@@ -1,5 +1,6 @@
 //! MySQL's and MariaDB's own statements: their upsert is `INSERT … ON
-//! DUPLICATE KEY UPDATE`, which cannot say which rows it inserted.
+//! DUPLICATE KEY UPDATE`, which cannot say which rows it inserted (MariaDB
+//! 10.5 and later can return who holds each email after it).
 
 use super::super::encode::values_clause;
 use super::contact_columns;
@@ -14,6 +15,18 @@ pub(super) fn insert_contacts(rows: usize) -> String {
     );
     values_clause(Dialect::MySql, rows, 8, &mut sql);
     sql.push_str(" ON DUPLICATE KEY UPDATE email = email");
+    sql
+}
+
+/// Step 3a where the server has `RETURNING` (MariaDB 10.5+): the same
+/// insert, returning every row of the statement as stored after it: the
+/// row just inserted, or the row that already held the email, locked by
+/// the (no-op) update. So it says who holds each email, what step 3b
+/// would otherwise lock every email of the batch to learn. Columns:
+/// email, upload id, upload seq, row number.
+pub(super) fn insert_contacts_returning(rows: usize) -> String {
+    let mut sql = insert_contacts(rows);
+    sql.push_str(" RETURNING email, upload_id, upload_seq, `row_number`");
     sql
 }
 
