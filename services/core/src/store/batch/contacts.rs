@@ -12,22 +12,43 @@ use super::{Owner, Tx, sql};
 use crate::store::{Dialect, Store, StoreError};
 use crate::verdict::{JudgedRow, RowVerdict};
 
+/// What step 3a learnt about a chunk's emails.
+pub(super) enum Inserted {
+    /// PostgreSQL, SQLite (`RETURNING`): these were stored already; the
+    /// others were inserted now. Their holders are for
+    /// [`Store::lock_owners`] to learn.
+    Contested(HashSet<String>),
+    /// MySQL: the insert cannot say which rows it inserted, so every email
+    /// is left to [`Store::lock_owners`] (its own inserts are recognised
+    /// there by who holds the email).
+    Unknown,
+    /// MariaDB 10.5+: who holds each email after the insert, each row
+    /// locked by it, so no lock statement follows.
+    Holders(HashMap<String, Owner>),
+}
+
+impl Inserted {
+    /// Was this email stored before the insert, or may it have been?
+    pub(super) fn contested(&self, email: &str) -> bool {
+        match self {
+            Inserted::Contested(emails) => emails.contains(email),
+            Inserted::Unknown | Inserted::Holders(_) => true,
+        }
+    }
+}
+
 impl Store {
-    /// Insert candidates whose email is not stored yet. Returns the emails
-    /// left for [`Store::lock_owners`]: those already stored where the
-    /// dialect can say (RETURNING), and on MySQL, which cannot, all of them
-    /// (its own inserts are recognised there by who holds the email). On
-    /// MariaDB (`returning`) it also returns who holds each of them, their
-    /// rows locked by the insert, so that step needs no statement.
+    /// Insert candidates whose email is not stored yet, and say what the
+    /// dialect can tell of which were (see [`Inserted`]); `returning`: the
+    /// MySQL-protocol server has `INSERT … RETURNING` (MariaDB 10.5+).
     pub(super) async fn insert_new_contacts(
         &self,
         tx: &mut Tx,
         chunk: &[(&str, &JudgedRow)],
         now: i64,
         returning: bool,
-    ) -> Result<(HashSet<String>, Option<HashMap<String, Owner>>), StoreError> {
+    ) -> Result<Inserted, StoreError> {
         let dialect = self.dialect;
-        let mut contested = HashSet::new();
         // Candidates are valid rows (see `apply_batch_once`, step 3).
         let rows: Vec<[Cell<'_>; 8]> = chunk
             .iter()
@@ -80,22 +101,15 @@ impl Store {
                     .split(PackedColumns::SEPARATOR)
                     .filter(|e| !e.is_empty())
                     .collect();
-                contested.extend(
-                    chunk
-                        .iter()
-                        .filter(|(e, _)| !inserted.contains(*e))
-                        .map(|(e, _)| e.to_string()),
-                );
-                return Ok((contested, None));
+                return Ok(contested(chunk, |e| inserted.contains(e)));
             }
             // Values the packed form cannot carry: the plain VALUES form below.
         }
         let q = bind_rows(sql::insert_contacts(dialect, rows.len(), returning), &rows);
         if dialect == Dialect::MySql {
-            contested.extend(chunk.iter().map(|(e, _)| e.to_string()));
             if !returning {
                 q.execute(&mut **tx).await?;
-                return Ok((contested, None));
+                return Ok(Inserted::Unknown);
             }
             let mut owners = HashMap::with_capacity(rows.len());
             for row in q.fetch_all(&mut **tx).await? {
@@ -104,19 +118,13 @@ impl Store {
                     (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
                 );
             }
-            return Ok((contested, Some(owners)));
+            return Ok(Inserted::Holders(owners));
         }
         let mut inserted = HashSet::new();
         for row in q.fetch_all(&mut **tx).await? {
             inserted.insert(row.try_get::<String, _>(0)?);
         }
-        contested.extend(
-            chunk
-                .iter()
-                .filter(|(e, _)| !inserted.contains(*e))
-                .map(|(e, _)| e.to_string()),
-        );
-        Ok((contested, None))
+        Ok(contested(chunk, |e| inserted.contains(e)))
     }
 
     /// Lock the stored rows of these emails (in email order) and say who
@@ -193,4 +201,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The chunk's emails that the insert did not insert.
+fn contested(chunk: &[(&str, &JudgedRow)], inserted: impl Fn(&str) -> bool) -> Inserted {
+    Inserted::Contested(
+        chunk
+            .iter()
+            .filter(|(e, _)| !inserted(e))
+            .map(|(e, _)| e.to_string())
+            .collect(),
+    )
 }

@@ -268,22 +268,22 @@ impl Store {
         for chunk in candidates.chunks(CHUNK) {
             // 3a. Insert the emails nobody has yet (a concurrent insert of the
             //     same email is waited for, then left alone).
-            let (contested, owners) = self
+            let inserted_now = self
                 .insert_new_contacts(&mut tx, chunk, now, returning)
                 .await?;
             // 3b. The others exist: lock them, and let the earlier row win.
-            let owners = match owners {
-                Some(owners) => owners,
-                None => {
+            let owners = match inserted_now {
+                contacts::Inserted::Holders(ref owners) => owners,
+                _ => {
                     let to_lock: Vec<&(&str, &JudgedRow)> = chunk
                         .iter()
-                        .filter(|(email, _)| contested.contains(*email))
+                        .filter(|(email, _)| inserted_now.contested(email))
                         .collect();
-                    self.lock_owners(&mut tx, &to_lock).await?
+                    &self.lock_owners(&mut tx, &to_lock).await?
                 }
             };
             for (email, r) in chunk {
-                let winner = if !contested.contains(*email) {
+                let winner = if !inserted_now.contested(email) {
                     bump(&mut inserted, &r.upload_id, 1);
                     outcome.inserted += 1;
                     Some((r.upload_id.as_str(), r.row_number))
