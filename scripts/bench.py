@@ -515,6 +515,21 @@ class Db:
     def sql_admin(self, sql):
         return self._client(self.admin, sql)
 
+    def wal(self):
+        """PostgreSQL's WAL counters (`pg_stat_wal`, the whole server: the
+        bench is the only writer while it runs), or None elsewhere."""
+        if self.kind != "postgres":
+            return None
+        out = self._client(self.admin, "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+        records, fpi, size = (int(x) for x in out.split("|"))
+        return {"records": records, "fpi": fpi, "bytes": size}
+
+    @staticmethod
+    def wal_spent(before, after):
+        if before is None or after is None:
+            return None
+        return {k: after[k] - before[k] for k in before}
+
     def sql(self, sql, local_infile=False):
         if self.kind == "sqlite":
             con = sqlite3.connect(self.path)
@@ -534,6 +549,7 @@ class Db:
             self._client(self.url, "CREATE UNLOGGED TABLE ref_staging (line BIGSERIAL, name TEXT, email TEXT);"
                          "CREATE TABLE ref_contacts (email VARCHAR(320) PRIMARY KEY, name TEXT, line BIGINT);")
             self.settle()
+            wal0 = self.wal()
             t0 = time.perf_counter()
             self.cpu0 = cpu_now(self.kind)
             cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url,
@@ -542,6 +558,7 @@ class Db:
                          "FROM ref_staging WHERE email ~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$' "
                          "ORDER BY lower(email), line ON CONFLICT DO NOTHING"]
             subprocess.run(cmd, check=True)
+            self.ref_wal = self.wal_spent(wal0, self.wal())
         elif self.kind == "mysql":
             self.sql("CREATE TABLE ref_staging (line BIGINT AUTO_INCREMENT PRIMARY KEY, name TEXT, email VARCHAR(400)) ENGINE=InnoDB;"
                      "CREATE TABLE ref_contacts (email VARCHAR(320) COLLATE utf8mb4_bin PRIMARY KEY, name TEXT, line BIGINT) ENGINE=InnoDB")
@@ -706,7 +723,9 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             result["ref_secs"] = secs
             result["ref_cpu"] = db.cpu
             result["ref_outcome"] = db.reference_outcome()
+            result["ref_wal"] = getattr(db, "ref_wal", None)
         db.settle()
+        wal0 = db.wal()
         mem = MemoryPoller(args.target)
         mem.start()
         pipe = Pipeline(args.bins, db.url, args.target, consumers, consumer_env=consumer_env, extra_env=extra_env,
@@ -723,6 +742,7 @@ def run_rowpipe(args, kind, admin, csv_path, consumers, ref=True, consumer_env=N
             t_upload = time.perf_counter() - t0
             status = pipe.wait(body["upload_id"])
             cpu1 = args.target.cpu()
+            result["wal"] = db.wal_spent(wal0, db.wal())
             result["cpu"] = cpu_spent(procs0, cpu_now(kind, pids))
             result["commands"] = command_stats_spent(cmds0, command_stats(args.target))
             # The server records when the last row was committed; polling
@@ -947,6 +967,7 @@ def main():
         print(f"  {r['label']}: {nodes}; total {per['total']:.1f}")
     print_cpu_by_process(args, results + ([traced] if traced else []))
     print_command_stats(results + ([traced] if traced else []))
+    print_wal(results)
     default2 = next((r for r in results if len(r["rss_consumers"]) == 2), results[0])
     rate2 = default2["status"]["counts"]["read"] / default2["secs"]
     naive_rate = naive["status"]["counts"]["read"] / naive["secs"]
@@ -981,6 +1002,22 @@ def main():
     ok &= peak <= bound + margin
     print(f"bench: {1 if ok else 0} passed, {0 if ok else 1} failed")
     return 0 if ok else 1
+
+
+def print_wal(runs):
+    """PostgreSQL's WAL per row read over each timed phase (`pg_stat_wal`):
+    records, full-page images and bytes, next to the paired reference's."""
+    runs = [r for r in runs if r.get("wal")]
+    if not runs:
+        return
+    print("\nPostgreSQL WAL per row read (pg_stat_wal over the timed phase; the reference's over its COPY and INSERT):")
+    print("| run | records/row | full-page images per 1,000 rows | bytes/row | reference records/row | reference FPI per 1,000 | reference bytes/row |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        n = r["status"]["counts"]["read"]
+        w, rw = r["wal"], r.get("ref_wal")
+        ref = (f"{rw['records'] / n:.2f} | {rw['fpi'] * 1000 / n:.1f} | {rw['bytes'] / n:.0f}" if rw else " | | ")
+        print(f"| {r['label']} | {w['records'] / n:.2f} | {w['fpi'] * 1000 / n:.1f} | {w['bytes'] / n:.0f} | {ref} |")
 
 
 def print_cpu_by_process(args, runs):

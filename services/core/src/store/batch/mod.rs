@@ -115,6 +115,14 @@ fn bump(map: &mut BTreeMap<String, i64>, key: &str, delta: i64) {
 /// Who holds an email now: (upload id, upload seq, row number).
 type Owner = (String, i64, i64);
 
+/// The text of PostgreSQL's packed contacts insert (step 3a) for a chunk
+/// of one upload, for `examples/pg_insert_forms.rs`, which measures it
+/// against other forms of the same insert.
+#[doc(hidden)]
+pub fn postgres_packed_contacts_insert() -> String {
+    sql::postgres::insert_contacts(true)
+}
+
 impl Store {
     /// Store a batch in one transaction; see the module docs for the rules.
     /// A collision with a copy of one of its rows stored at the same time
