@@ -237,7 +237,8 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
     let (cpu0, t0) = (backend_cpu_ns(pid)?, Instant::now());
     for batch in batches {
         let mut tx = conn.begin().await?;
-        let inserted: String = match form {
+        // Every form binds the upload, its seq and the time last.
+        let query = match form {
             "packed" => {
                 let join = |f: &dyn Fn(&Contact) -> String| {
                     batch.iter().map(f).collect::<Vec<_>>().join("\u{1e}")
@@ -248,30 +249,18 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
                     .bind(join(&|c| c.1.clone()))
                     .bind(join(&|_| "\u{1f}".to_string()))
                     .bind(join(&|c| c.2.to_string()))
-                    .bind(upload_id.as_str())
-                    .bind(seq)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?
             }
             "arrays" => {
                 let emails: Vec<&str> = batch.iter().map(|c| c.0.as_str()).collect();
                 let names: Vec<&str> = batch.iter().map(|c| c.1.as_str()).collect();
                 let attributes: Vec<Option<&str>> = vec![None; batch.len()];
                 let numbers: Vec<i64> = batch.iter().map(|c| c.2).collect();
-                sqlx::query(arrays_sql)
-                    .bind(&emails)
-                    .bind(&emails)
-                    .bind(&names)
-                    .bind(&attributes)
-                    .bind(&numbers)
-                    .bind(upload_id.as_str())
-                    .bind(seq)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?
+                sqlx::query(AssertSqlSafe(arrays_sql))
+                    .bind(emails.clone())
+                    .bind(emails)
+                    .bind(names)
+                    .bind(attributes)
+                    .bind(numbers)
             }
             "copy" => {
                 let mut copy = tx
@@ -279,16 +268,17 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
                     .await?;
                 copy.send(copy_binary(batch)).await?;
                 copy.finish().await?;
-                sqlx::query(copy_sql)
-                    .bind(upload_id.as_str())
-                    .bind(seq)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?
+                sqlx::query(AssertSqlSafe(copy_sql))
             }
             other => bail!("unknown form {other}"),
         };
+        let inserted: String = query
+            .bind(upload_id.as_str())
+            .bind(seq)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         std::hint::black_box(inserted);
         tx.commit().await?;
     }
