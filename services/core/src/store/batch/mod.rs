@@ -116,7 +116,7 @@ fn bump(map: &mut BTreeMap<String, i64>, key: &str, delta: i64) {
 type Owner = (String, i64, i64);
 
 /// The text of PostgreSQL's packed contacts insert (step 3a) for a chunk
-/// of one upload, for `examples/pg_insert_forms.rs`, which measures it
+/// of one upload, for testkit's `examples/pg_insert_forms.rs`, which measures it
 /// against other forms of the same insert.
 #[doc(hidden)]
 pub fn postgres_packed_contacts_insert() -> String {

@@ -3,9 +3,11 @@
 //! the way: is a design change to the PostgreSQL store worth building?
 //!
 //! Forms, each on a fresh database migrated by rowpipe (the same table and
-//! index), the same rows (valid addresses, about 5% of them taken again
-//! from earlier rows), in 1,000-row batches in file order, each batch's
-//! emails sorted as the store sorts them, one transaction per batch:
+//! index; the tests' [`TestDb`]), the same rows (the tests' generated
+//! contacts without invalid addresses, about 5% of them repeating an earlier
+//! address, half of those in upper case), in 1,000-row batches in file
+//! order, each batch's emails sorted as the store sorts them, one
+//! transaction per batch:
 //!
 //! * `batch`: the whole of [`Store::apply_batch`] (ledger lookup, contacts,
 //!   the lock of contested emails, the accepted ledger, progress), what a
@@ -23,47 +25,50 @@
 //! client's work does not count; the database must be on this machine.
 //!
 //! ```text
-//! cargo run --release -p rowpipe-core --example pg_insert_forms -- \
-//!     [admin URL] [rows] [repeats] [duplicate share]
+//! cargo run --release -p rowpipe-testkit --example pg_insert_forms -- \
+//!     [rows] [repeats] [duplicate %]
 //! ```
 //!
-//! The admin URL defaults to `$ROWPIPE_TEST_POSTGRES_URL` or
-//! `postgres://postgres@127.0.0.1:5432/postgres`; rows to 300,000; repeats
-//! (alternating rounds of every form) to 2; the share of rows repeating an
-//! earlier address to 0.05. `FORMS=packed,arrays` runs only those forms. Figures are in
-//! docs/performance.md.
+//! The server is the tests' (`ROWPIPE_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); rows default to 300,000,
+//! repeats (alternating rounds of every form) to 2, the share of rows
+//! repeating an earlier address to 5%. `FORMS=packed,arrays` runs only
+//! those forms. Figures are in docs/performance.md.
 
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use rowpipe_core::config::DatabaseConfig;
 use rowpipe_core::store::{NewUpload, Store};
+use rowpipe_core::validate::normalize_email;
 use rowpipe_core::verdict::{JudgedRow, RowVerdict};
+use rowpipe_testkit::{Backend, TestDb, generate_contacts};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, Row};
 
 const BATCH: usize = 1000;
 const FORMS: [&str; 4] = ["batch", "packed", "arrays", "copy"];
 
-/// One valid row: (email, name, row number).
+/// One valid row: (normalized email, email as written, row number).
 type Contact = (String, String, i64);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let admin = args.next().unwrap_or_else(|| {
-        std::env::var("ROWPIPE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    });
     let rows: usize = args.next().map_or(Ok(300_000), |a| a.parse())?;
     let repeats: usize = args.next().map_or(Ok(2), |a| a.parse())?;
-    let duplicates: f64 = args.next().map_or(Ok(0.05), |a| a.parse())?;
-    let contacts = generate(rows, duplicates, 2026);
+    let duplicates: u32 = args.next().map_or(Ok(5), |a| a.parse())?;
+    // The generated file's rows, as the consumer would judge them.
+    let contacts: Vec<Contact> = generate_contacts(rows, duplicates, 0, 2026)
+        .emails
+        .into_iter()
+        .zip(1..)
+        .filter_map(|(raw, row)| Some((normalize_email(&raw, Default::default())?, raw, row)))
+        .collect();
     let batches: Vec<Vec<Contact>> = contacts.chunks(BATCH).map(by_email).collect();
     println!(
-        "# PostgreSQL CPU per row by insert form: {} valid rows ({:.0}% repeating an earlier address) \
+        "# PostgreSQL CPU per row by insert form: {} valid rows ({duplicates}% repeating an earlier address) \
          in {} batches, {repeats} alternating rounds",
         contacts.len(),
-        duplicates * 100.0,
         batches.len()
     );
     // `FORMS=packed,arrays` runs only those.
@@ -75,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     for round in 0..repeats {
         for (form, runs) in figures.iter_mut() {
-            let (cpu_ns, secs) = run(&admin, form, &batches, round).await?;
+            let db = TestDb::create(Backend::Postgres).await?;
+            let result = run(&db.url, form, &batches).await;
+            db.drop_db().await;
+            let (cpu_ns, secs) = result?;
             let n = contacts.len() as f64;
             let per_row = cpu_ns as f64 / 1000.0 / n;
             println!(
@@ -97,29 +105,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench's rows (scripts/bench.py `generate`) without the invalid ones:
-/// `duplicates` of them (0.05 there) repeat an earlier address.
-fn generate(rows: usize, duplicates: f64, seed: u64) -> Vec<Contact> {
-    use rand::{Rng, SeedableRng};
-    let mut rnd = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut emails: Vec<String> = Vec::new();
-    let mut out = Vec::with_capacity(rows);
-    for i in 0..rows {
-        let row_number = i as i64 + 1;
-        if rnd.random::<f64>() < duplicates && !emails.is_empty() {
-            let e = emails[rnd.random_range(0..emails.len())].clone();
-            out.push((e, format!("Dup, {i}"), row_number));
-        } else {
-            let e = format!(
-                "person{i}.{}@example{}.com",
-                rnd.random_range(0..1000),
-                i % 7
-            );
-            emails.push(e.clone());
-            out.push((e, format!("Person {i}"), row_number));
-        }
-    }
-    out
+/// The name stored with a row (the generated file's names are not kept).
+fn name_of(row: i64) -> String {
+    format!("Person {row}")
 }
 
 /// A batch as the store sends it: the earliest row of each email, in email order.
@@ -130,35 +118,8 @@ fn by_email(chunk: &[Contact]) -> Vec<Contact> {
     rows
 }
 
-/// Backend CPU (ns) and seconds for one form on a fresh database.
-async fn run(
-    admin: &str,
-    form: &str,
-    batches: &[Vec<Contact>],
-    round: usize,
-) -> anyhow::Result<(u64, f64)> {
-    let name = format!("rp_forms_{form}_{round}_{}", std::process::id());
-    let mut adm = PgConnection::connect(admin).await?;
-    adm.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-        .await?;
-    adm.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    let (base, params) = admin.split_once('?').unwrap_or((admin, ""));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    let url = if params.is_empty() {
-        format!("{base}/{name}")
-    } else {
-        format!("{base}/{name}?{params}")
-    };
-    let result = run_on(&url, form, batches).await;
-    adm.execute(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await?;
-    result
-}
-
-async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Result<(u64, f64)> {
+/// Backend CPU (ns) and seconds for one form on the fresh database at `url`.
+async fn run(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Result<(u64, f64)> {
     let mut config = DatabaseConfig::for_url(url);
     config.db_max_connections = 1;
     let store = Store::connect(&config).await?;
@@ -174,7 +135,9 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
         .await?;
     let now = rowpipe_core::now_ms();
     // Checkpoint first: no form pays for the WAL of the one before.
-    sqlx::query("CHECKPOINT").execute(store.pool()).await.ok();
+    if let Err(e) = sqlx::query("CHECKPOINT").execute(store.pool()).await {
+        eprintln!("CHECKPOINT not allowed ({e}); forms may share checkpoint work");
+    }
     if form == "batch" {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(store.pool())
@@ -183,14 +146,14 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
         for batch in batches {
             let rows: Vec<JudgedRow> = batch
                 .iter()
-                .map(|(email, name, row)| JudgedRow {
+                .map(|(email, raw, row)| JudgedRow {
                     upload_id: upload_id.clone(),
                     upload_seq: seq,
                     row_number: *row,
                     verdict: RowVerdict::Accept {
                         email: email.clone(),
-                        email_raw: email.clone(),
-                        name: Some(name.clone()),
+                        email_raw: raw.clone(),
+                        name: Some(name_of(*row)),
                         attributes: None,
                     },
                     unverified: None,
@@ -245,19 +208,20 @@ async fn run_on(url: &str, form: &str, batches: &[Vec<Contact>]) -> anyhow::Resu
                 };
                 sqlx::query(AssertSqlSafe(packed_sql.as_str()))
                     .bind(join(&|c| c.0.clone()))
-                    .bind(join(&|c| c.0.clone()))
                     .bind(join(&|c| c.1.clone()))
+                    .bind(join(&|c| name_of(c.2)))
                     .bind(join(&|_| "\u{1f}".to_string()))
                     .bind(join(&|c| c.2.to_string()))
             }
             "arrays" => {
                 let emails: Vec<&str> = batch.iter().map(|c| c.0.as_str()).collect();
-                let names: Vec<&str> = batch.iter().map(|c| c.1.as_str()).collect();
+                let raws: Vec<&str> = batch.iter().map(|c| c.1.as_str()).collect();
+                let names: Vec<String> = batch.iter().map(|c| name_of(c.2)).collect();
                 let attributes: Vec<Option<&str>> = vec![None; batch.len()];
                 let numbers: Vec<i64> = batch.iter().map(|c| c.2).collect();
                 sqlx::query(AssertSqlSafe(arrays_sql))
-                    .bind(emails.clone())
                     .bind(emails)
+                    .bind(raws)
                     .bind(names)
                     .bind(attributes)
                     .bind(numbers)
@@ -299,11 +263,11 @@ fn copy_binary(batch: &[Contact]) -> Vec<u8> {
         out.extend_from_slice(&(v.len() as i32).to_be_bytes());
         out.extend_from_slice(v.as_bytes());
     };
-    for (email, name, row) in batch {
+    for (email, raw, row) in batch {
         out.extend_from_slice(&5i16.to_be_bytes());
         text(&mut out, email);
-        text(&mut out, email);
-        text(&mut out, name);
+        text(&mut out, raw);
+        text(&mut out, &name_of(*row));
         out.extend_from_slice(&(-1i32).to_be_bytes());
         out.extend_from_slice(&8i32.to_be_bytes());
         out.extend_from_slice(&row.to_be_bytes());
